@@ -1,0 +1,1 @@
+"""quantart_runtime: run exported QuantArt models without torch (ONNX Runtime, TensorRT)."""
