@@ -1,0 +1,134 @@
+"""Loading one image robustly and turning it into a training tensor.
+
+``load_rgb`` applies the EXIF orientation and converts every Pillow mode a dataset is
+likely to hold (1, L, LA, P, PA, RGBA, CMYK, YCbCr, 16-bit I;16*, 32-bit I, F) to 8-bit
+RGB; transparent images are composited on white. ``resize_and_crop`` scales the shorter
+side to ``size`` and crops a ``size`` x ``size`` square (random or centred);
+``to_tensor`` gives a float32 CHW tensor in [-1, 1] (0 -> -1, 255 -> +1).
+"""
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+_WHITE = (255, 255, 255)
+
+
+def _exif_transposed(image: Image.Image) -> Image.Image:
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception:  # a corrupt EXIF block must not discard good pixels
+        return image
+
+
+def _high_bit_depth_to_l(image: Image.Image) -> Image.Image:
+    """16-bit (I;16*), 32-bit integer (I) or float (F) grey -> 8-bit L."""
+    values = np.asarray(image).astype(np.float64)
+    if image.mode.startswith("I;16"):
+        values = values / 257.0
+    elif image.mode == "I":
+        # 16-bit files often decode as mode I; plain 8-bit data in mode I stays as is.
+        if values.size and values.max() > 255:
+            values = np.clip(values, 0, 65535) / 257.0
+    else:  # "F": either [0, 1] or [0, 255] data
+        finite = values[np.isfinite(values)]
+        if finite.size and finite.max() <= 1.0:
+            values = values * 255.0
+        values = np.nan_to_num(values, nan=0.0, posinf=255.0, neginf=0.0)
+    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
+
+
+def _composite_on_white(image: Image.Image) -> Image.Image:
+    rgba = image.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, _WHITE + (255,))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any loaded Pillow image -> 8-bit RGB (alpha composited on white)."""
+    mode = image.mode
+    if mode == "RGB" and "transparency" not in image.info:
+        return image
+    if mode.startswith("I") or mode == "F":
+        return _high_bit_depth_to_l(image).convert("RGB")
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        return _composite_on_white(image)
+    if mode == "1":
+        return image.convert("L").convert("RGB")
+    return image.convert("RGB")  # L, P, CMYK, YCbCr, RGBX, LAB, HSV
+
+
+def load_rgb(path: str | os.PathLike, draft_size: int | None = None) -> Image.Image:
+    """Open ``path`` fully (raises on unreadable/truncated files) as upright 8-bit RGB.
+
+    ``draft_size`` lets JPEG decoding shrink by a power of two while keeping both sides
+    at least ``draft_size`` (much faster for large photographs; quality unaffected
+    since the image is downscaled to that size anyway).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(path) as image:
+            if draft_size is not None and image.format == "JPEG":
+                image.draft(image.mode, (draft_size, draft_size))
+            image.load()  # raises OSError for truncated data
+            upright = _exif_transposed(image)
+            rgb = to_rgb(upright)
+            if rgb is image:
+                rgb = image.copy()  # detach from the closed file
+    return rgb
+
+
+def resize_shorter_side(image: Image.Image, size: int) -> Image.Image:
+    """Scale (bicubic, antialiased) so the shorter side is exactly ``size``."""
+    width, height = image.size
+    if min(width, height) == size:
+        return image
+    scale = size / min(width, height)
+    new_w = size if width <= height else max(size, round(width * scale))
+    new_h = size if height < width else max(size, round(height * scale))
+    return image.resize((new_w, new_h), Image.Resampling.BICUBIC)
+
+
+def crop_box(
+    width: int, height: int, size: int, rng: np.random.Generator | None
+) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of a ``size`` square: random if ``rng`` else centred."""
+    if rng is None:
+        left, top = (width - size) // 2, (height - size) // 2
+    else:
+        left = int(rng.integers(0, width - size + 1))
+        top = int(rng.integers(0, height - size + 1))
+    return left, top, left + size, top + size
+
+
+def resize_and_crop(
+    image: Image.Image, size: int | None, rng: np.random.Generator | None = None
+) -> Image.Image:
+    """Shorter side -> ``size``, then a random (``rng`` given) or centre ``size`` crop.
+
+    ``size=None`` returns the image unchanged.
+    """
+    if size is None:
+        return image
+    image = resize_shorter_side(image, size)
+    return image.crop(crop_box(*image.size, size, rng))
+
+
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    """8-bit RGB image -> float32 tensor (3, H, W) in [-1, 1]."""
+    array = np.array(image, dtype=np.uint8)  # a writable copy
+    if array.ndim != 3 or array.shape[2] != 3:
+        raise ValueError(f"expected an RGB image, got array of shape {array.shape}")
+    tensor = torch.from_numpy(array).permute(2, 0, 1).contiguous()
+    return tensor.to(torch.float32).div_(127.5).sub_(1.0)
+
+
+def load_tensor(
+    path: str | os.PathLike, size: int | None, rng: np.random.Generator | None = None
+) -> torch.Tensor:
+    """``load_rgb`` + ``resize_and_crop`` + ``to_tensor`` in one call."""
+    return to_tensor(resize_and_crop(load_rgb(path, draft_size=size), size, rng))
