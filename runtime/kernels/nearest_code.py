@@ -1,0 +1,288 @@
+"""Fused nearest-codebook kernel (Triton): argmin_k ‖e_k‖² − 2 z·e_k, then gather (and blend).
+
+One program handles BLOCK_N latent rows. It walks the codebook in BLOCK_K tiles, accumulating the
+dot products in FP32 over BLOCK_D slices of the embedding (``input_precision="ieee"``: no TF32 for
+FP32 inputs; FP16 inputs multiply exactly into an FP32 accumulator), keeps a running (best score,
+best index) per row with a strict ``<`` so ties resolve to the lowest index, then writes int32
+indices and the chosen codebook rows (copied bit for bit, or blended with z by ``ratio``).
+
+The runtime package imports with numpy only, so Triton is imported lazily: ``nearest_code_kernel``,
+``launch`` and ``compile_ptx`` import it on first use; ``nearest_code_reference`` (the float64 oracle)
+needs numpy only. Parameter order follows TensorRT's AOT plugin convention
+(input pointers, int32 scalars, output pointers); ``ratio`` is specialised away in the PTX.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+KERNEL_NAME = "nearest_code_kernel"
+SUPPORTED_ARCHS = (80, 86, 89, 90)
+SUPPORTED_DTYPES = ("fp32", "fp16")
+# Runtime (non-constexpr) parameters of the kernel, in order; `ratio` is only a runtime parameter
+# for the JIT path (`launch`), the AOT PTX specialises it to 1.0.
+PTX_PARAMS = ("z_ptr", "e_ptr", "esq_ptr", "n_rows", "n_codes", "idx_ptr", "codes_ptr")
+MAX_STATIC_SHARED = 48 * 1024
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    block_n: int
+    block_k: int
+    block_d: int
+    num_warps: int = 4
+    num_stages: int = 2
+
+
+def default_config(dtype: str, embed_dim: int) -> TileConfig:
+    """Tile sizes used by both `launch` and `compile_ptx` (the plugin)."""
+    block_d = min(64 if dtype == "fp16" else 32, max(16, _next_pow2(embed_dim)))
+    return TileConfig(block_n=64, block_k=64, block_d=block_d, num_warps=4, num_stages=2)
+
+
+@dataclass(frozen=True)
+class LaunchParams:
+    """What the TensorRT plugin (or a raw cuLaunchKernel) needs to launch the AOT kernel."""
+    arch: int
+    dtype: str
+    embed_dim: int
+    block_n: int
+    block_k: int
+    block_d: int
+    num_warps: int
+    num_stages: int
+    threads_per_block: int      # block_x
+    shared_mem: int             # dynamic shared memory bytes
+    params: tuple               # kernel parameters TensorRT passes, in order
+    hidden_params: int          # Triton's trailing scratch pointers (passed as null)
+
+    def grid(self, n_rows: int) -> tuple[int, int, int]:
+        return (max(1, -(-int(n_rows) // self.block_n)), 1, 1)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _next_pow2(x: int) -> int:
+    return 1 << max(0, int(x) - 1).bit_length()
+
+
+_KERNEL = None
+
+
+def _build_kernel():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def nearest_code_kernel(z_ptr, e_ptr, esq_ptr, n_rows, n_codes, ratio, idx_ptr, codes_ptr,
+                            D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                            BLOCK_D: tl.constexpr, BLEND: tl.constexpr):
+        pid = tl.program_id(0)
+        rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+        row_ok = rows < n_rows
+        rows64 = rows.to(tl.int64)
+        dcols = tl.arange(0, BLOCK_D)
+        best_val = tl.full([BLOCK_N], float("inf"), tl.float32)
+        best_idx = tl.zeros([BLOCK_N], dtype=tl.int32)
+        for k0 in range(0, n_codes, BLOCK_K):
+            ks = k0 + tl.arange(0, BLOCK_K)
+            k_ok = ks < n_codes
+            ks64 = ks.to(tl.int64)
+            acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+            for d0 in range(0, D, BLOCK_D):
+                ds = d0 + dcols
+                d_ok = ds < D
+                zt = tl.load(z_ptr + rows64[:, None] * D + ds[None, :],
+                             mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+                et = tl.load(e_ptr + ks64[None, :] * D + ds[:, None],
+                             mask=k_ok[None, :] & d_ok[:, None], other=0.0)
+                acc = tl.dot(zt, et, acc, input_precision="ieee")
+            esq = tl.load(esq_ptr + ks, mask=k_ok, other=0.0)
+            scores = esq[None, :] - acc * 2.0
+            scores = tl.where(k_ok[None, :], scores, float("inf"))
+            tile_val, tile_arg = tl.min(scores, axis=1, return_indices=True,
+                                        return_indices_tie_break_left=True)
+            better = tile_val < best_val
+            best_val = tl.where(better, tile_val, best_val)
+            best_idx = tl.where(better, (tile_arg + k0).to(tl.int32), best_idx)
+        tl.store(idx_ptr + rows64, best_idx, mask=row_ok)
+        best64 = best_idx.to(tl.int64)
+        for d0 in tl.static_range(0, D, BLOCK_D):
+            ds = d0 + dcols
+            m = row_ok[:, None] & (ds < D)[None, :]
+            rows_e = tl.load(e_ptr + best64[:, None] * D + ds[None, :], mask=m, other=0.0)
+            if BLEND:
+                zt = tl.load(z_ptr + rows64[:, None] * D + ds[None, :], mask=m, other=0.0)
+                mixed = ratio * rows_e.to(tl.float32) + (1.0 - ratio) * zt.to(tl.float32)
+                rows_e = mixed.to(codes_ptr.dtype.element_ty)
+            tl.store(codes_ptr + rows64[:, None] * D + ds[None, :], rows_e, mask=m)
+
+    return nearest_code_kernel
+
+
+def __getattr__(name):
+    # `nearest_code_kernel` is built on first access so that this module imports without Triton.
+    global _KERNEL
+    if name == KERNEL_NAME:
+        if _KERNEL is None:
+            _KERNEL = _build_kernel()
+        return _KERNEL
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _dtype_name(dtype) -> str:
+    name = str(dtype).rsplit(".", 1)[-1]
+    return {"float32": "fp32", "float16": "fp16", "int32": "int32"}.get(name, name)
+
+
+def launch(z, codebook, codebook_sqnorm, indices, codes, ratio: float = 1.0, config: TileConfig | None = None):
+    """Run the kernel on tensors Triton accepts (torch tensors; CPU ones under TRITON_INTERPRET=1).
+
+    z (N, D) and codebook (K, D) share a dtype (fp32 or fp16); codebook_sqnorm (K,) fp32;
+    indices (N,) int32 and codes (N, D) in z's dtype are written.
+    """
+    zt, et = _dtype_name(z.dtype), _dtype_name(codebook.dtype)
+    if len(z.shape) != 2 or len(codebook.shape) != 2 or z.shape[1] != codebook.shape[1]:
+        raise ValueError(f"nearest_code.launch: need z (N, D) and codebook (K, D), got {tuple(z.shape)} and {tuple(codebook.shape)}")
+    n, d = int(z.shape[0]), int(z.shape[1])
+    k = int(codebook.shape[0])
+    if zt not in SUPPORTED_DTYPES or et != zt:
+        raise ValueError(f"nearest_code.launch: z and codebook must both be fp32 or both fp16, got {zt} and {et}")
+    if k < 1 or d < 1:
+        raise ValueError(f"nearest_code.launch: empty codebook or embedding (K={k}, D={d})")
+    if tuple(codebook_sqnorm.shape) != (k,) or _dtype_name(codebook_sqnorm.dtype) != "fp32":
+        raise ValueError(f"nearest_code.launch: codebook_sqnorm must be fp32 ({k},), got {_dtype_name(codebook_sqnorm.dtype)} {tuple(codebook_sqnorm.shape)}")
+    if tuple(indices.shape) != (n,) or _dtype_name(indices.dtype) != "int32":
+        raise ValueError(f"nearest_code.launch: indices must be int32 ({n},), got {_dtype_name(indices.dtype)} {tuple(indices.shape)}")
+    if tuple(codes.shape) != (n, d) or _dtype_name(codes.dtype) != zt:
+        raise ValueError(f"nearest_code.launch: codes must be {zt} ({n}, {d}), got {_dtype_name(codes.dtype)} {tuple(codes.shape)}")
+    for name, t in (("z", z), ("codebook", codebook), ("codebook_sqnorm", codebook_sqnorm),
+                    ("indices", indices), ("codes", codes)):
+        if hasattr(t, "is_contiguous") and not t.is_contiguous():
+            raise ValueError(f"nearest_code.launch: {name} must be contiguous")
+    if n == 0:
+        return indices, codes
+    cfg = config or default_config(zt, d)
+    kernel = __getattr__(KERNEL_NAME)
+    ratio = float(ratio)
+    grid = (-(-n // cfg.block_n),)
+    kernel[grid](z, codebook, codebook_sqnorm, n, k, ratio, indices, codes,
+                 D=d, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, BLOCK_D=cfg.block_d,
+                 BLEND=ratio != 1.0, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+                 enable_fp_fusion=False)
+    return indices, codes
+
+
+def _parse_arch(arch) -> int:
+    m = re.fullmatch(r"(?:sm_?)?(\d{2,3})", str(arch).strip().lower())
+    if not m or int(m.group(1)) not in SUPPORTED_ARCHS:
+        raise ValueError(f"compile_ptx: unsupported arch {arch!r}; expected one of {', '.join(f'sm_{a}' for a in SUPPORTED_ARCHS)}")
+    return int(m.group(1))
+
+
+def ptx_entry_params(ptx: str, kernel_name: str) -> list[str]:
+    """Parameter names of the `.entry kernel_name(...)` in PTX text, in order."""
+    m = re.search(r"\.entry\s+" + re.escape(kernel_name) + r"\s*\((.*?)\)", ptx, re.S)
+    if not m:
+        raise ValueError(f"PTX has no .entry {kernel_name}")
+    return re.findall(r"\.param\s+\.\w+\s+(?:\.ptr\s+\.\w+\s+\.align\s+\d+\s+)?(\w+)", m.group(1))
+
+
+def compile_ptx(arch, dtype: str, embed_dim: int, config: TileConfig | None = None,
+                ptx_version: int | None = None):
+    """Compile the kernel ahead of time (no GPU needed) -> (kernel_name, ptx, LaunchParams).
+
+    The PTX takes (z, codebook, sqnorm, n_rows:i32, n_codes:i32, indices, codes) followed by Triton's
+    hidden scratch pointers (which must be unused: checked here, and passed as null).
+    """
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    sm = _parse_arch(arch)
+    if dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"compile_ptx: dtype must be one of {SUPPORTED_DTYPES}, got {dtype!r}")
+    embed_dim = int(embed_dim)
+    if embed_dim < 1:
+        raise ValueError(f"compile_ptx: embed_dim must be positive, got {embed_dim}")
+    cfg = config or default_config(dtype, embed_dim)
+    kernel = __getattr__(KERNEL_NAME)
+    signature = {"z_ptr": f"*{dtype}", "e_ptr": f"*{dtype}", "esq_ptr": "*fp32", "n_rows": "i32",
+                 "n_codes": "i32", "ratio": "constexpr", "idx_ptr": "*i32", "codes_ptr": f"*{dtype}",
+                 "D": "constexpr", "BLOCK_N": "constexpr", "BLOCK_K": "constexpr", "BLOCK_D": "constexpr",
+                 "BLEND": "constexpr"}
+    constexprs = {"ratio": 1.0, "D": embed_dim, "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k,
+                  "BLOCK_D": cfg.block_d, "BLEND": False}
+    # TensorRT allocates tensors 256-byte aligned: let Triton vectorise the pointer loads.
+    arg_names = kernel.arg_names
+    attrs = {(arg_names.index(p),): [["tt.divisibility", 16]]
+             for p in ("z_ptr", "e_ptr", "esq_ptr", "idx_ptr", "codes_ptr")}
+    options = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages, "enable_fp_fusion": False}
+    if ptx_version is not None:
+        options["ptx_version"] = int(ptx_version)
+    compiled = triton.compile(ASTSource(kernel, signature, constexprs, attrs),
+                              target=GPUTarget("cuda", sm, 32), options=options)
+    md = compiled.metadata
+    name, ptx = md.name, compiled.asm["ptx"]
+    for field, ok in (("global_scratch_size", 0), ("profile_scratch_size", 0), ("num_ctas", 1)):
+        if getattr(md, field, ok) != ok:
+            raise RuntimeError(f"compile_ptx: kernel needs {field}={getattr(md, field)}, which a TensorRT AOT launch cannot provide")
+    if md.shared > MAX_STATIC_SHARED:
+        raise RuntimeError(f"compile_ptx: kernel needs {md.shared} bytes of shared memory (> {MAX_STATIC_SHARED}); use smaller tiles")
+    params = ptx_entry_params(ptx, name)
+    if len(params) < len(PTX_PARAMS):
+        raise RuntimeError(f"compile_ptx: PTX entry has {len(params)} parameters, expected at least {len(PTX_PARAMS)}")
+    lp = LaunchParams(arch=sm, dtype=dtype, embed_dim=embed_dim, block_n=cfg.block_n, block_k=cfg.block_k,
+                      block_d=cfg.block_d, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+                      threads_per_block=cfg.num_warps * 32, shared_mem=int(md.shared),
+                      params=PTX_PARAMS, hidden_params=len(params) - len(PTX_PARAMS))
+    return name, ptx, lp
+
+
+def ptx_version_for_driver(driver_version: int) -> int:
+    """Highest PTX ISA (Triton's `ptx_version` option, e.g. 84 for 8.4) a CUDA driver can JIT.
+
+    `driver_version` is cuDriverGetVersion's integer (12040 for CUDA 12.4). Triton emits the ISA of
+    its bundled ptxas, which may be newer than the driver of the machine that loads the PTX.
+    """
+    from triton.backends.nvidia.compiler import ptx_get_version
+
+    v = int(driver_version)
+    return int(ptx_get_version(f"{v // 1000}.{(v % 1000) // 10}"))
+
+
+def nearest_code_reference(z, codebook, ratio: float = 1.0, return_margin: bool = False):
+    """Float64 oracle: (indices int64 (N,), codes float64 (N, D)[, margin (N,)]).
+
+    codes are codebook rows (blended with z when ratio != 1). `margin` is the float64 gap between
+    the best and second-best score, the quantity the acceptance rule compares with
+    1e-5·‖z‖·max‖e‖ (infinite when K == 1).
+    """
+    z64 = np.asarray(z, dtype=np.float64)
+    e64 = np.asarray(codebook, dtype=np.float64)
+    if z64.ndim != 2 or e64.ndim != 2 or z64.shape[1] != e64.shape[1] or e64.shape[0] < 1:
+        raise ValueError(f"nearest_code_reference: need z (N, D) and codebook (K>=1, D), got {z64.shape} and {e64.shape}")
+    scores = (e64 * e64).sum(1)[None, :] - 2.0 * (z64 @ e64.T)
+    idx = np.argmin(scores, axis=1)
+    codes = e64[idx]
+    if ratio != 1.0:
+        codes = ratio * codes + (1.0 - ratio) * z64
+    if not return_margin:
+        return idx, codes
+    if e64.shape[0] == 1:
+        margin = np.full(z64.shape[0], np.inf)
+    else:
+        part = np.partition(scores, 1, axis=1)
+        margin = part[:, 1] - part[:, 0]
+    return idx, codes, margin
+
+
+def decisive_rows(z, codebook, margin, rel_tol: float = 1e-5):
+    """Rows whose best/second-best gap exceeds rel_tol·‖z‖·max‖e‖ (where indices must agree)."""
+    z64 = np.asarray(z, dtype=np.float64)
+    e64 = np.asarray(codebook, dtype=np.float64)
+    scale = np.linalg.norm(z64, axis=1) * np.linalg.norm(e64, axis=1).max()
+    return np.asarray(margin) > rel_tol * scale

@@ -1,0 +1,102 @@
+"""Ahead-of-time PTX for the nearest-code kernel, compiled without a GPU (sm_80/86/89/90, FP32/FP16).
+
+Compiled in a child process with TRITON_INTERPRET unset (the interpreter replaces @triton.jit process-
+wide) and a private Triton cache, so this really compiles.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("triton")
+
+ARCHS = (80, 86, 89, 90)
+DTYPES = ("fp32", "fp16")
+
+
+def _child(out_dir):
+    from quantart_runtime.kernels.nearest_code import compile_ptx
+
+    meta = {}
+    for arch in ARCHS:
+        for dtype in DTYPES:
+            name, ptx, lp = compile_ptx(f"sm_{arch}", dtype, 256)
+            with open(os.path.join(out_dir, f"sm{arch}_{dtype}.ptx"), "w") as f:
+                f.write(ptx)
+            meta[f"{arch}_{dtype}"] = {"name": name, **lp.to_dict(), "grid_1000": lp.grid(1000)}
+    from quantart_runtime.kernels.nearest_code import ptx_version_for_driver
+
+    meta["driver_ptx"] = {str(v): ptx_version_for_driver(v) for v in (12040, 12080, 13000)}
+    _, ptx84, _ = compile_ptx(90, "fp32", 256, ptx_version=ptx_version_for_driver(12040))
+    meta["ptx84_version_line"] = re.search(r"^\.version.*$", ptx84, re.M).group(0)
+    try:
+        compile_ptx("sm_75", "fp32", 256)
+    except ValueError as e:
+        meta["bad_arch"] = str(e)
+    with open(os.path.join(out_dir, "meta.json"), "w") as f:
+        json.dump(meta, f)
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ptx")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(out / "triton_cache")
+    proc = subprocess.run([sys.executable, __file__, str(out)], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    meta = json.loads((out / "meta.json").read_text())
+    return out, meta
+
+
+def _entry_params(ptx, name):
+    m = re.search(r"\.entry\s+" + name + r"\s*\((.*?)\)", ptx, re.S)
+    assert m, "no .entry in PTX"
+    return re.findall(r"\.param\s+(\.\w+)", m.group(1))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_ptx_for_arch(compiled, arch, dtype):
+    out, meta = compiled
+    ptx = (out / f"sm{arch}_{dtype}.ptx").read_text()
+    m = meta[f"{arch}_{dtype}"]
+    assert m["name"] == "nearest_code_kernel"
+    assert re.search(rf"^\.target\s+sm_{arch}a?\b", ptx, re.M)
+    # TensorRT's AOT ABI: 3 input pointers, 2 int32 scalars, 2 output pointers, then Triton's scratch
+    # pointers (passed as null): ratio is specialised away, no float parameter is left.
+    types = _entry_params(ptx, m["name"])
+    assert types[:7] == [".u64", ".u64", ".u64", ".u32", ".u32", ".u64", ".u64"]
+    assert len(types) == 7 + m["hidden_params"] and all(t == ".u64" for t in types[7:])
+    assert list(m["params"]) == ["z_ptr", "e_ptr", "esq_ptr", "n_rows", "n_codes", "idx_ptr", "codes_ptr"]
+    assert m["threads_per_block"] == 32 * m["num_warps"]
+    assert 0 < m["shared_mem"] <= 48 * 1024
+    assert m["grid_1000"] == [-(-1000 // m["block_n"]), 1, 1]
+    assert m["embed_dim"] == 256 and m["arch"] == arch and m["dtype"] == dtype
+    # FP32 accumulation; no TF32 anywhere.
+    assert "tf32" not in ptx
+    if dtype == "fp16":
+        assert re.search(r"(mma\.sync\.aligned\.\S*\.f32\.f16\.f16\.f32|wgmma\.\S*\.f32\.f16\.f16)", ptx)
+    else:
+        assert "fma.rn.f32" in ptx and not re.search(r"\bmma\.", ptx)
+    # The index output is stored as 32-bit integers.
+    assert re.search(r"st\.global(\.v\d)?\.b32", ptx)
+
+
+def test_ptx_isa_follows_the_driver(compiled):
+    _, meta = compiled
+    assert meta["driver_ptx"] == {"12040": 84, "12080": 87, "13000": 90}
+    assert meta["ptx84_version_line"].split() == [".version", "8.4"]
+
+
+def test_bad_arch_is_one_line(compiled):
+    _, meta = compiled
+    assert "unsupported arch" in meta["bad_arch"] and "\n" not in meta["bad_arch"]
+
+
+if __name__ == "__main__":
+    _child(sys.argv[1])
