@@ -129,7 +129,9 @@ def load_model(path, config=None, trust: bool = False, expect: type | None = Non
 
 def _atomic_dir(target: Path):
     target.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; a saved model is an ordinary folder
+    return tmp
 
 
 def save_model(model: nn.Module, path) -> Path:
