@@ -1,0 +1,55 @@
+"""Shared by the Ray cluster tests: the tiny exported model (exported once per session) and images."""
+from __future__ import annotations
+
+import io
+import socket
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+DATA = Path(__file__).resolve().parent / "data"
+
+
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """tests/data/tiny_stage2.ckpt exported once per pytest session (under the session's basetemp)."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    out = root / "tiny_stage2_model"
+    with FileLock(str(root / "tiny_stage2_model.lock")):
+        if not (out / "manifest.json").is_file():
+            from quantart_export import export_model
+
+            export_model(DATA / "tiny_stage2.ckpt", out, precision="fp32", verify=True, force=True)
+    return out
+
+
+def smooth_image(height: int, width: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, size=(6, 6, 3), dtype=np.uint8)
+    return np.asarray(Image.fromarray(coarse, "RGB").resize((width, height), Image.BICUBIC))
+
+
+def encode(array: np.ndarray, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array, "RGB").save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def png_bomb(width: int = 20000, height: int = 20000) -> bytes:
+    """A few hundred bytes claiming width x height pixels (above Pillow's decompression-bomb limit)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+            + chunk(b"IEND", b""))
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
