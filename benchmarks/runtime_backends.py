@@ -1,0 +1,133 @@
+"""The exported-model backends under test, driven through quantart_runtime (no torch here):
+ONNX Runtime CPU, ONNX Runtime CUDA, ONNX Runtime's TensorRT provider, native TensorRT FP16.
+
+Same bench interface as torch_backends.TorchBench (see worker.py)."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .samples import STYLE_SIZE
+
+CPU, CUDA, TRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
+
+# bench name → (runtime backend, ONNX Runtime providers, graph precision)
+RUNTIME_BACKENDS = {
+    "ort-cpu": ("onnxruntime", [CPU], "fp32"),
+    "ort-cuda": ("onnxruntime", [CUDA, CPU], "fp32"),
+    "ort-trt": ("onnxruntime", [TRT, CUDA, CPU], "fp32"),
+    "tensorrt-fp16": ("tensorrt", None, "fp16"),
+}
+
+
+def _gpu_present() -> bool:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return False
+    return os.path.exists("/dev/nvidiactl") or os.path.exists("/dev/nvidia0")
+
+
+def availability(name: str, manifest: dict | None) -> tuple[bool, str]:
+    """(available, reason) for an exported-model backend, without starting it."""
+    backend, providers, precision = RUNTIME_BACKENDS[name]
+    try:
+        from quantart_runtime.backends import get_runner_class
+    except ImportError as exc:
+        return False, f"quantart_runtime cannot be imported ({exc})"
+    if manifest is not None and precision not in (manifest.get("graphs") or {}):
+        return False, (f"the model directory has no {precision} graphs "
+                       f"(export with --precision {precision} or both)")
+    try:
+        ok, reason = get_runner_class(backend).is_available()
+    except Exception as exc:  # a broken install is a reason to skip, not to crash the bench
+        return False, f"{type(exc).__name__}: {exc}"
+    if not ok:
+        return False, reason
+    if providers is not None:
+        import onnxruntime as ort
+        have = ort.get_available_providers()
+        missing = [p for p in providers if p not in have]
+        if missing:
+            return False, (f"onnxruntime {ort.__version__} here has no {', '.join(missing)} "
+                           f"(available: {', '.join(have)}; needs onnxruntime-gpu)")
+        if providers[0] != CPU and not _gpu_present():
+            return False, "no NVIDIA GPU visible"
+    return True, ""
+
+
+class RuntimeBench:
+    """Stylization through quantart_runtime.Stylizer on one backend."""
+
+    def __init__(self, name: str, model_dir, device: int = 0):
+        self.name = name
+        self.backend, self.providers, self.precision = RUNTIME_BACKENDS[name]
+        self.model_dir = model_dir
+        self.device_index = device
+        self.stylizer = None
+
+    def setup(self) -> dict:
+        from quantart_runtime import Stylizer
+
+        self.stylizer = Stylizer.load(self.model_dir, backend=self.backend, device=self.device_index,
+                                      providers=self.providers, precision=self.precision)
+        runner = self.stylizer.runner
+        info = {"device": "cpu" if self.providers == [CPU] else f"cuda:{self.device_index}",
+                "precision": self.precision, "runtime_backend": runner.name}
+        for attr in ("providers", "intra_op_threads"):
+            if hasattr(runner, attr):
+                value = getattr(runner, attr)
+                info[attr] = [p if isinstance(p, str) else p[0] for p in value] if attr == "providers" else value
+        return info
+
+    def sync(self) -> None:  # runner.infer returns host arrays: every call is synchronous
+        return None
+
+    def reset_device_peak(self) -> None:
+        return None
+
+    def device_peak_mb(self) -> float | None:
+        return None
+
+    # -- the pipeline -------------------------------------------------------------------------
+    def encode_style(self, style_u8: np.ndarray):
+        return self.stylizer.encode_style(style_u8, size=STYLE_SIZE)
+
+    def stylize(self, contents: list[np.ndarray], style) -> list[np.ndarray]:
+        return self.stylizer.stylize(contents, style, batch_size=len(contents), style_size=STYLE_SIZE)
+
+    def fidelity(self, content_u8: np.ndarray, style_u8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        st = self.stylizer
+        code = st.encode_style(style_u8, size=STYLE_SIZE)
+        x = st.preprocess([content_u8])
+        latent, indices = st.stylize_latent(st.content_latent(x), code.batched(1))
+        image = st.postprocess(st.decode(latent), [content_u8.shape[:2]])[0]
+        return image, np.asarray(indices[0], dtype=np.int64)
+
+    def graph_calls(self, contents: list[np.ndarray], style_u8: np.ndarray) -> dict:
+        """Per-graph callables with prepared inputs, plus pre- and post-processing."""
+        st = self.stylizer
+        b = len(contents)
+        x = st.preprocess(contents)
+        s = st.preprocess([style_u8])
+        h_x = st.content_latent(x)
+        ref = st.style_latent(s)[0]
+        ref_b = np.ascontiguousarray(np.repeat(ref, b, axis=0))
+        y_latent = st.stylize_latent(h_x, ref_b)[0]
+        y = st.decode(y_latent)
+        sizes = [c.shape[:2] for c in contents]
+        return {
+            "content_encoder": lambda _i: st.content_latent(x),
+            "style_encoder": lambda _i: st.style_latent(s),
+            "sga": lambda _i: st.stylize_latent(h_x, ref_b),
+            "decoder": lambda _i: st.decode(y_latent),
+            "pre_post": lambda _i: (st.preprocess(contents), st.postprocess(y, sizes)),
+        }
+
+    def graph_call_counts(self) -> dict:
+        return dict(self.stylizer.graph_calls)
+
+    def close(self) -> None:
+        if self.stylizer is not None:
+            self.stylizer.close()
+            self.stylizer = None

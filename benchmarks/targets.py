@@ -1,0 +1,85 @@
+"""The issue's §4 targets as ratios computed from one report (never a timed test)."""
+from __future__ import annotations
+
+GRAPHS = ("content_encoder", "style_encoder", "sga", "decoder")
+
+
+def find_run(result: dict | None, res: int, batch: int, mode: str) -> dict | None:
+    for run in (result or {}).get("runs", []):
+        if run["resolution"] == res and run["batch"] == batch and run["style_cache"] == mode:
+            return run
+    return None
+
+
+def find_graphs(result: dict | None, res: int, batch: int) -> dict | None:
+    for entry in (result or {}).get("graphs", []):
+        if entry["resolution"] == res and entry["batch"] == batch:
+            return entry["graphs"]
+    return None
+
+
+def overhead(result: dict | None, res: int, batch: int, mode: str, stat: str = "min_ms") -> dict | None:
+    """Runtime overhead: end-to-end time minus the graphs that pipeline runs, relative to them."""
+    run, graphs = find_run(result, res, batch, mode), find_graphs(result, res, batch)
+    if run is None or graphs is None:
+        return None
+    parts = [g for g in GRAPHS if not (mode == "on" and g == "style_encoder")]
+    graph_ms = sum(graphs[g][stat] for g in parts)
+    e2e_ms = run["e2e"][stat]
+    return {"e2e_ms": e2e_ms, "graph_ms": graph_ms, "overhead_ms": e2e_ms - graph_ms,
+            "overhead_pct": 100.0 * (e2e_ms - graph_ms) / graph_ms,
+            "pre_post_ms": graphs.get("pre_post", {}).get(stat), "stat": stat}
+
+
+def _target(name, threshold, unit, value, reason="", note=""):
+    if value is None:
+        return {"target": name, "threshold": threshold, "unit": unit, "value": None, "status": "n/a",
+                "note": reason}
+    ok = value <= threshold if unit == "% (max)" else value >= threshold
+    return {"target": name, "threshold": threshold, "unit": unit, "value": value,
+            "status": "pass" if ok else "miss", "note": note}
+
+
+def _speedup(fast: dict | None, slow: dict | None, label: str):
+    if fast is None or slow is None:
+        return None, f"needs {label} measured"
+    return slow["e2e"]["p50_ms"] / fast["e2e"]["p50_ms"], (
+        f"p50 {slow['e2e']['p50_ms']:.1f} / {fast['e2e']['p50_ms']:.1f} ms; "
+        f"by min {slow['e2e']['min_ms'] / fast['e2e']['min_ms']:.2f}x")
+
+
+def compute_targets(backends: dict) -> list[dict]:
+    """backends: {name: worker result (with 'fidelity' filled by the orchestrator) or skip record}."""
+    torch32, ort = backends.get("torch-fp32"), backends.get("ort-cpu")
+    on_cpu = (torch32 or {}).get("info", {}).get("device") == "cpu"
+    targets = []
+
+    t_run = find_run(torch32, 256, 1, "off") if on_cpu else None
+    value, note = _speedup(find_run(ort, 256, 1, "off"), t_run, "ort-cpu and torch-fp32 on CPU at 256², batch 1, style cache off")
+    targets.append(_target("CPU 256² b1: ONNX Runtime end-to-end vs torch eager FP32", 1.7, "x",
+                           value, note if value is None else "", note if value is not None else ""))
+    value, note = _speedup(find_run(ort, 256, 1, "on"), t_run, "ort-cpu (style cache on) and torch-fp32 (off) on CPU at 256², batch 1")
+    targets.append(_target("CPU 256² b1: ONNX Runtime cached style vs torch eager FP32 uncached", 2.2, "x",
+                           value, note if value is None else "", note if value is not None else ""))
+    ov = overhead(ort, 256, 1, "off")
+    targets.append(_target("CPU 256² b1: ONNX Runtime overhead (pre/post, copies) of graph time", 5.0, "% (max)",
+                           None if ov is None else ov["overhead_pct"],
+                           "needs ort-cpu at 256², batch 1, cache off, with the graph breakdown",
+                           "" if ov is None else (f"e2e {ov['e2e_ms']:.1f} ms - graphs {ov['graph_ms']:.1f} ms "
+                                                  f"(min over iterations); pre/post alone "
+                                                  f"{ov['pre_post_ms'] or 0:.2f} ms")))
+
+    trt, t16 = backends.get("tensorrt-fp16"), backends.get("torch-fp16")
+    trt_run = find_run(trt, 256, 32, "off")
+    gpu_t32 = find_run(torch32, 256, 32, "off") if not on_cpu else None
+    for name, slow, thr, label in (
+            ("GPU 256² b32: TensorRT FP16 vs torch eager FP32", gpu_t32, 5.0, "tensorrt-fp16 and torch-fp32 on GPU at 256², batch 32"),
+            ("GPU 256² b32: TensorRT FP16 vs torch FP16", find_run(t16, 256, 32, "off"), 1.5, "tensorrt-fp16 and torch-fp16 at 256², batch 32")):
+        value, note = _speedup(trt_run, slow, label)
+        targets.append(_target(name, thr, "x", value, note if value is None else "", note if value is not None else ""))
+    fid = (trt or {}).get("fidelity_vs_torch_fp32") or {}
+    targets.append(_target("GPU: TensorRT FP16 token agreement vs torch FP32", 99.0, "%",
+                           fid.get("token_agreement_pct"), "needs tensorrt-fp16 fidelity"))
+    targets.append(_target("GPU: TensorRT FP16 PSNR vs torch FP32", 30.0, "dB", fid.get("psnr_db"),
+                           "needs tensorrt-fp16 fidelity"))
+    return targets
