@@ -1,0 +1,119 @@
+"""Read and validate an exported model directory's manifest.json (see docs/model_format.md).
+
+``load_manifest`` checks the format version, the kind, the latent geometry, that every graph of the
+requested precision is listed and present, and (by default) that each file's sha256 matches; any
+problem raises ``ModelError`` with a one-line reason naming the directory.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from .errors import ModelError
+
+SUPPORTED_FORMAT_VERSIONS = (1,)
+PRECISIONS = ("fp32", "fp16")
+GRAPHS = {
+    "stage2": ("content_encoder", "style_encoder", "sga", "decoder"),
+    "stage1": ("encoder", "decoder"),
+}
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _positive_int(manifest: dict, key: str, where: str) -> int:
+    value = manifest.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ModelError(f"{where}: manifest.json field '{key}' must be a positive integer, got {value!r}")
+    return value
+
+
+def load_manifest(model_dir, precision: str | None = "fp32", verify: bool = True) -> dict:
+    """Parse and validate ``model_dir/manifest.json``; return it as a dict.
+
+    ``precision``: the graph set that will be used ("fp32" or "fp16"); its graphs must be listed and
+    present (and, with ``verify``, match their sha256). ``None`` checks every precision listed.
+    """
+    root = Path(model_dir)
+    where = f"model {root}"
+    if not root.exists():
+        raise ModelError(f"{where}: no such directory")
+    if not root.is_dir():
+        raise ModelError(f"{where}: not a directory (expected a model directory written by quantart-export)")
+    path = root / "manifest.json"
+    if not path.is_file():
+        raise ModelError(f"{where}: no manifest.json (expected a model directory written by quantart-export)")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{where}: manifest.json is unreadable or not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict):
+        raise ModelError(f"{where}: manifest.json must hold a JSON object")
+    version = manifest.get("format_version")
+    if version not in SUPPORTED_FORMAT_VERSIONS:
+        raise ModelError(f"{where}: manifest format_version {version!r} is not supported by this runtime "
+                         f"(supported: {', '.join(map(str, SUPPORTED_FORMAT_VERSIONS))}); re-export the model "
+                         f"or upgrade quantart")
+    kind = manifest.get("kind")
+    if kind not in GRAPHS:
+        raise ModelError(f"{where}: manifest kind {kind!r} is not one of {', '.join(GRAPHS)}")
+    stride = _positive_int(manifest, "latent_stride", where)
+    if stride & (stride - 1):
+        raise ModelError(f"{where}: latent_stride {stride} is not a power of two")
+    _positive_int(manifest, "embed_dim", where)
+    graphs = manifest.get("graphs")
+    if not isinstance(graphs, dict) or not graphs:
+        raise ModelError(f"{where}: manifest.json lists no graphs")
+    if precision is None:
+        wanted = [p for p in PRECISIONS if p in graphs]
+        if not wanted:
+            raise ModelError(f"{where}: manifest.json lists no fp32 or fp16 graphs")
+    elif precision not in PRECISIONS:
+        raise ModelError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    elif precision not in graphs:
+        have = ", ".join(sorted(graphs)) or "none"
+        raise ModelError(f"{where}: has no {precision} graphs (it has: {have}); re-export with "
+                         f"--precision {precision} or both")
+    else:
+        wanted = [precision]
+    for prec in wanted:
+        listed = graphs[prec]
+        if not isinstance(listed, dict):
+            raise ModelError(f"{where}: manifest graphs.{prec} must be an object")
+        for name in GRAPHS[kind]:
+            entry = listed.get(name)
+            if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
+                raise ModelError(f"{where}: manifest lists no {prec} graph '{name}'")
+            file = root / entry["file"]
+            if Path(entry["file"]).is_absolute() or ".." in Path(entry["file"]).parts:
+                raise ModelError(f"{where}: graph file {entry['file']!r} must be a plain name inside the directory")
+            if not file.is_file():
+                raise ModelError(f"{where}: graph file {entry['file']} is missing")
+            if verify:
+                expected = entry.get("sha256")
+                if not isinstance(expected, str):
+                    raise ModelError(f"{where}: manifest has no sha256 for {entry['file']}")
+                actual = sha256_file(file)
+                if actual != expected.lower():
+                    raise ModelError(f"{where}: {entry['file']} does not match its sha256 in manifest.json "
+                                     f"(corrupt or modified file; re-export the model)")
+    return manifest
+
+
+def graph_path(model_dir, manifest: dict, precision: str, graph: str) -> Path:
+    """Path of one graph file of a validated manifest."""
+    try:
+        return Path(model_dir) / manifest["graphs"][precision][graph]["file"]
+    except KeyError:
+        raise ModelError(f"model {model_dir}: manifest lists no {precision} graph '{graph}'") from None
+
+
+def graph_names(manifest: dict) -> tuple[str, ...]:
+    return GRAPHS[manifest["kind"]]

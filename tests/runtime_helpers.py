@@ -1,0 +1,69 @@
+"""Shared by the runtime tests: the tiny model exported once per session, torch references, images."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+DATA = Path(__file__).resolve().parent / "data"
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+STRIDE = 4          # tiny_stage2: ch_mult [1, 2, 2]
+STYLE_SIZE = 32     # the tiny model attends at 128x128 features: keep every image small
+
+
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """tests/data/tiny_stage2.ckpt exported once per pytest session (shared with the cluster tests)."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    out = root / "tiny_stage2_model"
+    with FileLock(str(root / "tiny_stage2_model.lock")):
+        if not (out / "manifest.json").is_file():
+            from quantart_export import export_model
+
+            # the runtime tests compare with PyTorch themselves: verify at small sizes only (fast)
+            export_model(DATA / "tiny_stage2.ckpt", out, precision="fp32", verify=True, force=True,
+                         verify_res=[(32, 32), (24, 40)])
+    return out
+
+
+def photo(height: int, width: int, index: int = 1, kind: str = "content") -> np.ndarray:
+    """A sample photo from assets/, resized (bicubic) to height x width."""
+    image = Image.open(ASSETS / kind / f"{index}.jpg").convert("RGB")
+    return np.asarray(image.resize((width, height), Image.Resampling.BICUBIC))
+
+
+def encode(array: np.ndarray, fmt: str = "PNG", **options) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format=fmt, **options)
+    return buf.getvalue()
+
+
+def psnr(a: np.ndarray, b: np.ndarray, peak: float) -> float:
+    mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10.0 * np.log10(peak * peak / mse)
+
+
+def torch_stylize(model, content: np.ndarray, style: np.ndarray, content_ratio=1.0, output_ratio=1.0):
+    """PyTorch reference: StyleTransfer.transfer + decode on the same [-1, 1] preprocessing as the
+    runtime (content reflect-padded on the bottom/right to the stride, style already at its size).
+    Returns the decoded float image (H, W, 3) cropped, clipped to [-1, 1]."""
+    import torch
+
+    h, w = content.shape[:2]
+    hp, wp = -(-h // STRIDE) * STRIDE, -(-w // STRIDE) * STRIDE
+    padded = np.pad(content, ((0, hp - h), (0, wp - w), (0, 0)), mode="reflect")
+
+    def tensor(a):
+        return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1))).float().div(127.5).sub(1.0)[None]
+
+    with torch.no_grad():
+        _, quant_y, *_ = model.transfer(tensor(padded), tensor(style), content_ratio, output_ratio)
+        y = model.decode(quant_y)[0].numpy()
+    return np.clip(y[:, :h, :w].transpose(1, 2, 0), -1.0, 1.0)
+
+
+def to_uint8(y: np.ndarray) -> np.ndarray:
+    return np.rint((y + 1.0) * 127.5).astype(np.uint8)
