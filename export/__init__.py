@@ -1,0 +1,22 @@
+"""quantart_export: QuantArt checkpoints → verified ONNX model directories (docs/model_format.md).
+
+Public names load lazily, so importing this package does not import torch.
+"""
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {
+    "export_model": "quantart_export.pipeline",
+    "ExportError": "quantart_export.pipeline",
+    "VerificationError": "quantart_export.pipeline",
+    "nearest_code": "quantart_export.nearest_code",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'quantart_export' has no attribute {name!r}")

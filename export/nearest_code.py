@@ -1,7 +1,10 @@
 """The one nearest-codebook subgraph every exported graph uses (see docs/model_format.md).
 
 Written so that torch.onnx emits a recognisable FP32 pattern: MatMul → Mul → Sub → ArgMin → Gather,
-which the TensorRT backend swaps for its fused kernel.
+which the TensorRT backend swaps for its fused kernel. The exporter's optimizer folds the constant
+Transpose(E) into an initializer (Eᵀ, shape (D, K)) and sum(E*E, 1) into e_sq (K,); E itself is the
+Gather's data initializer; the Gather's indices are Reshape(idx, [-1]) (index_select's no-op
+adapter on the 1-D ArgMin output).
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ def nearest_code(z: torch.Tensor, codebook: torch.Tensor, ratio: torch.Tensor | 
     e_sq = (e * e).sum(dim=1)
     scores = e_sq - torch.matmul(zf, e.t()) * 2.0
     idx = torch.argmin(scores, dim=1)
-    codes = e[idx]
+    codes = torch.index_select(e, 0, idx)  # Gather(E, idx, axis=0)
     if ratio is not None:
         codes = ratio * codes + (1.0 - ratio) * zf
     q = codes.reshape(b, h, w, d).permute(0, 3, 1, 2).to(z.dtype)

@@ -12,19 +12,7 @@ from PIL import Image
 
 DATA = Path(__file__).resolve().parent / "data"
 
-
-def tiny_model_dir(tmp_path_factory) -> Path:
-    """tests/data/tiny_stage2.ckpt exported once per pytest session (under the session's basetemp)."""
-    from filelock import FileLock
-
-    root = tmp_path_factory.getbasetemp()
-    out = root / "tiny_stage2_model"
-    with FileLock(str(root / "tiny_stage2_model.lock")):
-        if not (out / "manifest.json").is_file():
-            from quantart_export import export_model
-
-            export_model(DATA / "tiny_stage2.ckpt", out, precision="fp32", verify=True, force=True)
-    return out
+from runtime_helpers import tiny_model_dir  # noqa: E402,F401  (one export per session, shared)
 
 
 def smooth_image(height: int, width: int, seed: int) -> np.ndarray:
