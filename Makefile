@@ -15,8 +15,17 @@ $(BIN)/.installed: setup.cfg pyproject.toml
 
 venv: $(BIN)/.installed
 
+# The main job: train a tiny QuantArt on the sample images (PyTorch, CPU, a few minutes), export it to
+# ONNX, then stylize every sample photo with every sample artwork through the torch-free runtime.
+DEMO := outputs/demo
 demo: venv
-	$(BIN)/quantart demo --out outputs/demo
+	$(BIN)/quantart demo --out $(DEMO)
+	$(BIN)/quantart-export $(DEMO)/stage2/model --out $(DEMO)/onnx --precision both --force
+	for s in assets/style/*.jpg; do \
+	  $(BIN)/quantart stylize --model $(DEMO)/onnx --style $$s assets/content \
+	    -o $(DEMO)/stylized/$$(basename $$s .jpg) --no-progress || exit $$?; \
+	done
+	@echo "results: $(DEMO)/grid.png (PyTorch) and $(DEMO)/stylized/<style>/ (ONNX Runtime)"
 
 test: venv
 	$(BIN)/python -m pytest -q -ra
