@@ -179,7 +179,6 @@ def section_timing(torch, nc, args, res):
                     row["cdist_error"] = str(ex).splitlines()[0]
                 row["speedup_vs_matmul"] = row["matmul_argmin_ms"] / row["fused_ms"]
                 rows.append(row)
-                del z, e, esq, idx, codes, et
         torch.cuda.empty_cache()
     res["timing"] = rows
 

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 from filelock import FileLock
+
+from .atomic import write_bytes
 
 CACHE_FORMAT = 1
 KEY_FIELDS = ("graph_sha256", "tensorrt_version", "gpu_name", "compute_capability", "profile")
@@ -39,20 +39,7 @@ def cache_key(fields: dict) -> str:
 
 def atomic_write(path, data: bytes) -> None:
     """Write `data` to `path` so that readers see either the old file or the whole new one."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    write_bytes(path, data, fsync=True)
 
 
 class EngineCache:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import io
 import os
 import re
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -26,6 +25,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .atomic import atomic_open
 from .errors import ImageError
 
 WHITE = (255, 255, 255)
@@ -158,17 +158,8 @@ def save_image(array: np.ndarray, path, quality: int = 95) -> Path:
                          f"(use one of {', '.join(sorted(SAVE_FORMATS))})")
     image = Image.fromarray(check_image_array(array, "output"), mode="RGB")
     options = {"quality": int(quality)} if fmt in ("JPEG", "WEBP") else {}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format=fmt, **options)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_open(path) as f:
+        image.save(f, format=fmt, **options)
     return path
 
 

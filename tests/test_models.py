@@ -3,7 +3,6 @@ infer architectures, and reject bad checkpoints with the documented errors."""
 from __future__ import annotations
 
 import json
-import pickle
 
 import numpy as np
 import pytest

@@ -162,3 +162,19 @@ def test_geometry():
     assert style_size(10, 10, None, 16) == (16, 16)
     assert fit_max_side(photo(40, 20), 10).shape == (10, 5, 3)
     assert fit_max_side(photo(40, 20), 0).shape == (40, 20, 3)
+
+
+def test_atomic_writes_make_ordinary_files(tmp_path):
+    """Outputs get the usual permissions (umask applied), not mkstemp's private 0600."""
+    import os
+
+    from quantart_runtime.atomic import write_bytes
+    from quantart_runtime.images import save_image
+
+    umask = os.umask(0)
+    os.umask(umask)
+    save_image(np.zeros((8, 8, 3), np.uint8), tmp_path / "a.png")
+    write_bytes(tmp_path / "b.bin", b"x")
+    for name in ("a.png", "b.bin"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.bin"]

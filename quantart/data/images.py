@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-_WHITE = (255, 255, 255)
+# One definition of "any image -> 8-bit RGB" for training and inference alike (alpha on white).
+from quantart_runtime.images import to_rgb
 
 
 def _exif_transposed(image: Image.Image) -> Image.Image:
@@ -23,43 +24,6 @@ def _exif_transposed(image: Image.Image) -> Image.Image:
         return ImageOps.exif_transpose(image)
     except Exception:  # a corrupt EXIF block must not discard good pixels
         return image
-
-
-def _high_bit_depth_to_l(image: Image.Image) -> Image.Image:
-    """16-bit (I;16*), 32-bit integer (I) or float (F) grey -> 8-bit L."""
-    values = np.asarray(image).astype(np.float64)
-    if image.mode.startswith("I;16"):
-        values = values / 257.0
-    elif image.mode == "I":
-        # 16-bit files often decode as mode I; plain 8-bit data in mode I stays as is.
-        if values.size and values.max() > 255:
-            values = np.clip(values, 0, 65535) / 257.0
-    else:  # "F": either [0, 1] or [0, 255] data
-        finite = values[np.isfinite(values)]
-        if finite.size and finite.max() <= 1.0:
-            values = values * 255.0
-        values = np.nan_to_num(values, nan=0.0, posinf=255.0, neginf=0.0)
-    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
-
-
-def _composite_on_white(image: Image.Image) -> Image.Image:
-    rgba = image.convert("RGBA")
-    background = Image.new("RGBA", rgba.size, _WHITE + (255,))
-    return Image.alpha_composite(background, rgba).convert("RGB")
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Any loaded Pillow image -> 8-bit RGB (alpha composited on white)."""
-    mode = image.mode
-    if mode == "RGB" and "transparency" not in image.info:
-        return image
-    if mode.startswith("I") or mode == "F":
-        return _high_bit_depth_to_l(image).convert("RGB")
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
-        return _composite_on_white(image)
-    if mode == "1":
-        return image.convert("L").convert("RGB")
-    return image.convert("RGB")  # L, P, CMYK, YCbCr, RGBX, LAB, HSV
 
 
 def load_rgb(path: str | os.PathLike, draft_size: int | None = None) -> Image.Image:

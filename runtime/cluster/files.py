@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import write_bytes
+
 from ..images import SAVE_FORMATS, save_image
 
 INPUT_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
@@ -165,19 +167,7 @@ def write_bytes_atomic(path, data: bytes) -> None:
         with fs.open_output_stream(inner) as f:
             f.write(data)
         return
-    folder = os.path.dirname(path) or "."
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_bytes(path, data)
 
 
 def write_image(array: np.ndarray, path) -> None:
