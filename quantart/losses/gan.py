@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..modules.discriminator import NLayerDiscriminator, weights_init
+
 
 def adopt_weight(weight: float, global_step: int, threshold: int = 0, value: float = 0.0) -> float:
     """`value` before `threshold` steps, `weight` from then on (switches the discriminator on)."""
@@ -25,3 +27,10 @@ def d_loss_fn(name: str):
     if name not in D_LOSSES:
         raise ValueError(f"unknown GAN loss {name!r} (expected 'hinge' or 'vanilla')")
     return D_LOSSES[name]
+
+
+def patch_discriminator(in_channels: int, n_layers: int, use_actnorm: bool, ndf: int) -> NLayerDiscriminator:
+    """The PatchGAN both stages use (n_layers=0: Stage 2's latent discriminator), initialised as taming."""
+    disc = NLayerDiscriminator(input_nc=in_channels, n_layers=n_layers, use_actnorm=use_actnorm, ndf=ndf)
+    disc.apply(weights_init)
+    return disc

@@ -11,9 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..modules.discriminator import NLayerDiscriminator, weights_init
 from ..modules.lpips import LPIPS
-from .gan import adopt_weight, d_loss_fn
+from .gan import adopt_weight, d_loss_fn, patch_discriminator
 
 
 def adaptive_weight(nll_loss: torch.Tensor, g_loss: torch.Tensor, last_layer: torch.Tensor,
@@ -44,9 +43,7 @@ class VQLPIPSWithDiscriminator(nn.Module):
         self.perceptual_weight = perceptual_weight
         if perceptual_weight > 0:
             self.perceptual_loss = LPIPS(vgg_weights=vgg_weights)
-        self.discriminator = NLayerDiscriminator(input_nc=disc_in_channels, n_layers=disc_num_layers,
-                                                 use_actnorm=use_actnorm, ndf=disc_ndf)
-        self.discriminator.apply(weights_init)
+        self.discriminator = patch_discriminator(disc_in_channels, disc_num_layers, use_actnorm, disc_ndf)
         self.discriminator_iter_start = disc_start
         self.disc_loss_name = disc_loss
         self.disc_loss = d_loss_fn(disc_loss)

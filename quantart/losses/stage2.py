@@ -17,8 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..modules.discriminator import NLayerDiscriminator, weights_init
-from .gan import adopt_weight, d_loss_fn
+from .gan import adopt_weight, d_loss_fn, patch_discriminator
 
 
 def calc_mean_std(feat: torch.Tensor, eps: float = 1e-5):
@@ -66,9 +65,7 @@ class VQLPIPS_Ref(nn.Module):
         self.codebook2_weight = codebook2_weight
         self.reverse_weight = reverse_weight
         self.style_weight = style_weight
-        self.discriminator = NLayerDiscriminator(input_nc=disc_in_channels, n_layers=disc_num_layers,
-                                                 use_actnorm=use_actnorm, ndf=disc_ndf)
-        self.discriminator.apply(weights_init)
+        self.discriminator = patch_discriminator(disc_in_channels, disc_num_layers, use_actnorm, disc_ndf)
         self.discriminator_iter_start = disc_start
         self.disc_loss_name = disc_loss
         self.disc_loss = d_loss_fn(disc_loss)

@@ -89,6 +89,23 @@ class _QuantArtModule(L.LightningModule):
         self.manual_backward(loss / self.accumulate)
         self.untoggle_optimizer(opt)
 
+    def _generator_update(self, opt_g) -> bool:
+        """Step the generator at the end of an accumulation window; True when it stepped."""
+        stepped = self._micro % self.accumulate == self.accumulate - 1
+        if stepped:
+            opt_g.step()
+            opt_g.zero_grad(set_to_none=True)
+        return stepped
+
+    def _discriminator_update(self, opt_d, d_loss: torch.Tensor, log_d: dict, stepped: bool) -> None:
+        """Backward the discriminator loss; step with the generator's accumulation window."""
+        self._check_finite("discriminator", d_loss, log_d)
+        self._backward(opt_d, d_loss)
+        self._micro += 1
+        if stepped:
+            opt_d.step()
+            opt_d.zero_grad(set_to_none=True)
+
     def _log(self, log_g: dict, log_d: dict, progress: tuple[str, ...]) -> None:
         logs = {**log_g, **log_d}
         self.log_dict({k: v for k, v in logs.items() if k not in progress}, on_step=True, logger=True)
@@ -111,21 +128,11 @@ class Stage1Module(_QuantArtModule):
         self._backward(opt_g, g_loss)
         # the official code runs the discriminator pass as a second training_step: fresh forward
         # (after the generator update when not accumulating), no generator gradients
-        if self._micro % self.accumulate == self.accumulate - 1:
-            opt_g.step()
-            opt_g.zero_grad(set_to_none=True)
-            g_stepped = True
-        else:
-            g_stepped = False
+        g_stepped = self._generator_update(opt_g)
         with torch.no_grad():
             xrec_d, qloss_d = vq(x)
         d_loss, log_d = loss_fn(qloss_d, x, xrec_d, 1, step, last_layer=None, split="train")
-        self._check_finite("discriminator", d_loss, log_d)
-        self._backward(opt_d, d_loss)
-        self._micro += 1
-        if g_stepped:
-            opt_d.step()
-            opt_d.zero_grad(set_to_none=True)
+        self._discriminator_update(opt_d, d_loss, log_d, g_stepped)
         self._log(log_g, log_d, ("train/l1_loss", "train/total_loss", "train/disc_loss"))
 
     def configure_optimizers(self):
@@ -183,19 +190,11 @@ class Stage2Module(_QuantArtModule):
         g_loss, _, log_g = loss_fn(diff_x2y, quant_ref, quant_y, quant_x, 0, step, split="train")
         self._check_finite("generator", g_loss, log_g)
         self._backward(opt_g, g_loss)
-        g_stepped = self._micro % self.accumulate == self.accumulate - 1
-        if g_stepped:
-            opt_g.step()
-            opt_g.zero_grad(set_to_none=True)
+        g_stepped = self._generator_update(opt_g)
         with torch.no_grad():
             _, quant_y_d, diff_d, _ = st.stylize_latent(h_x, quant_ref)
         d_loss, log_d = loss_fn(diff_d, quant_ref, quant_y_d, quant_x, 1, step, split="train")
-        self._check_finite("discriminator", d_loss, log_d)
-        self._backward(opt_d, d_loss)
-        self._micro += 1
-        if g_stepped:
-            opt_d.step()
-            opt_d.zero_grad(set_to_none=True)
+        self._discriminator_update(opt_d, d_loss, log_d, g_stepped)
         self._log(log_g, log_d, ("train/style_loss", "train/reverse_loss", "train/disc_loss"))
 
     def configure_optimizers(self):
