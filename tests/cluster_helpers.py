@@ -12,8 +12,6 @@ from PIL import Image
 
 DATA = Path(__file__).resolve().parent / "data"
 
-from runtime_helpers import tiny_model_dir  # noqa: E402,F401  (one export per session, shared)
-
 
 def smooth_image(height: int, width: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)

@@ -22,3 +22,25 @@ def data_dir() -> Path:
 @pytest.fixture(scope="session")
 def assets_dir() -> Path:
     return ASSETS
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory) -> Path:
+    """tests/data/tiny_stage2.ckpt exported once per session (FP32; verified at small sizes, since the
+    runtime, cluster and benchmark tests compare with PyTorch themselves)."""
+    from quantart_export import export_model
+
+    out = tmp_path_factory.getbasetemp() / "tiny_stage2_model"
+    return export_model(DATA / "tiny_stage2.ckpt", out, precision="fp32", verify=True, force=True,
+                        verify_res=[(32, 32), (24, 40)])
+
+
+@pytest.fixture(scope="module")
+def stylizer(model_dir):
+    """A Stylizer (ONNX Runtime, CPU) on the tiny export, fresh per test module (its call counters and
+    style cache start empty)."""
+    from quantart_runtime import Stylizer
+
+    st = Stylizer.load(model_dir, backend="onnxruntime")
+    yield st
+    st.close()

@@ -13,22 +13,6 @@ STRIDE = 4          # tiny_stage2: ch_mult [1, 2, 2]
 STYLE_SIZE = 32     # the tiny model attends at 128x128 features: keep every image small
 
 
-def tiny_model_dir(tmp_path_factory) -> Path:
-    """tests/data/tiny_stage2.ckpt exported once per pytest session (shared with the cluster tests)."""
-    from filelock import FileLock
-
-    root = tmp_path_factory.getbasetemp()
-    out = root / "tiny_stage2_model"
-    with FileLock(str(root / "tiny_stage2_model.lock")):
-        if not (out / "manifest.json").is_file():
-            from quantart_export import export_model
-
-            # the runtime tests compare with PyTorch themselves: verify at small sizes only (fast)
-            export_model(DATA / "tiny_stage2.ckpt", out, precision="fp32", verify=True, force=True,
-                         verify_res=[(32, 32), (24, 40)])
-    return out
-
-
 def photo(height: int, width: int, index: int = 1, kind: str = "content") -> np.ndarray:
     """A sample photo from assets/, resized (bicubic) to height x width."""
     image = Image.open(ASSETS / kind / f"{index}.jpg").convert("RGB")

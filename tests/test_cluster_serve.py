@@ -10,18 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cluster_helpers import encode, free_port, png_bomb, smooth_image, tiny_model_dir
+from cluster_helpers import encode, free_port, png_bomb, smooth_image
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.timeout(600)
 
 STYLE_SIZE = 64
 MAX_BODY = 200_000
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return tiny_model_dir(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -9,21 +9,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from runtime_helpers import STYLE_SIZE, encode, photo, tiny_model_dir
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return tiny_model_dir(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def stylizer(model_dir):
-    from quantart_runtime import Stylizer
-
-    st = Stylizer.load(model_dir, backend="onnxruntime")
-    yield st
-    st.close()
+from runtime_helpers import STYLE_SIZE, encode, photo
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 from PIL import Image
 
-from runtime_helpers import STYLE_SIZE, encode, photo, tiny_model_dir
+from runtime_helpers import STYLE_SIZE, encode, photo
 
 BLOCKER = """
 import importlib.abc, sys
@@ -45,8 +45,7 @@ print(json.dumps({"blocked": blocked, "cli_exit": code, "backend": st.backend,
 """ % (STYLE_SIZE, STYLE_SIZE)
 
 
-def test_runtime_runs_without_torch(tmp_path_factory, tmp_path):
-    model_dir = tiny_model_dir(tmp_path_factory)
+def test_runtime_runs_without_torch(model_dir, tmp_path):
     content, style = tmp_path / "c.png", tmp_path / "s.png"
     content.write_bytes(encode(photo(24, 36, 1)))
     style.write_bytes(encode(photo(32, 32, 2, "style")))

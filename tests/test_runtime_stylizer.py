@@ -7,21 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from runtime_helpers import DATA, STYLE_SIZE, photo, psnr, tiny_model_dir, to_uint8, torch_stylize
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return tiny_model_dir(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def stylizer(model_dir):
-    from quantart_runtime import Stylizer
-
-    st = Stylizer.load(model_dir, backend="onnxruntime")
-    yield st
-    st.close()
+from runtime_helpers import DATA, STYLE_SIZE, photo, psnr, to_uint8, torch_stylize
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..modules.discriminator import NLayerDiscriminator, weights_init
 
@@ -29,8 +30,33 @@ def d_loss_fn(name: str):
     return D_LOSSES[name]
 
 
-def patch_discriminator(in_channels: int, n_layers: int, use_actnorm: bool, ndf: int) -> NLayerDiscriminator:
-    """The PatchGAN both stages use (n_layers=0: Stage 2's latent discriminator), initialised as taming."""
-    disc = NLayerDiscriminator(input_nc=in_channels, n_layers=n_layers, use_actnorm=use_actnorm, ndf=ndf)
-    disc.apply(weights_init)
-    return disc
+class PatchGANLoss(nn.Module):
+    """What both stages' objectives share: the PatchGAN (n_layers=0: Stage 2's latent discriminator,
+    initialised as taming), its switch-on step and weights, and the discriminator's loss."""
+
+    def __init__(self, disc_start: int, disc_in_channels: int, disc_num_layers: int, use_actnorm: bool,
+                 disc_ndf: int, disc_factor: float, disc_weight: float, disc_loss: str, disc_conditional: bool):
+        super().__init__()
+        if disc_conditional:
+            raise ValueError("disc_conditional=True is not supported (unused by QuantArt)")
+        self.discriminator = NLayerDiscriminator(input_nc=disc_in_channels, n_layers=disc_num_layers,
+                                                 use_actnorm=use_actnorm, ndf=disc_ndf)
+        self.discriminator.apply(weights_init)
+        self.discriminator_iter_start = disc_start
+        self.disc_loss_name = disc_loss
+        self.disc_loss = d_loss_fn(disc_loss)
+        self.disc_factor = disc_factor
+        self.discriminator_weight = disc_weight
+
+    def disc_factor_at(self, global_step: int) -> float:
+        return adopt_weight(self.disc_factor, global_step, threshold=self.discriminator_iter_start)
+
+    def discriminator_step(self, real: torch.Tensor, fake: torch.Tensor, disc_factor, split: str):
+        """→ (d_loss, log) on detached real / fake inputs."""
+        logits_real = self.discriminator(real.contiguous().detach())
+        logits_fake = self.discriminator(fake.contiguous().detach())
+        d_loss = disc_factor * self.disc_loss(logits_real, logits_fake)
+        log = {f"{split}/disc_loss": d_loss.detach().mean(),
+               f"{split}/logits_real": logits_real.detach().mean(),
+               f"{split}/logits_fake": logits_fake.detach().mean()}
+        return d_loss, log

@@ -9,10 +9,9 @@ Discriminator (optimizer_idx 1): disc_factor · hinge (or vanilla) loss on D(x) 
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from ..modules.lpips import LPIPS
-from .gan import adopt_weight, d_loss_fn, patch_discriminator
+from .gan import PatchGANLoss
 
 
 def adaptive_weight(nll_loss: torch.Tensor, g_loss: torch.Tensor, last_layer: torch.Tensor,
@@ -24,7 +23,7 @@ def adaptive_weight(nll_loss: torch.Tensor, g_loss: torch.Tensor, last_layer: to
     return torch.clamp(d_weight, 0.0, 1e4).detach() * disc_weight
 
 
-class VQLPIPSWithDiscriminator(nn.Module):
+class VQLPIPSWithDiscriminator(PatchGANLoss):
     """Official parameters (lossconfig.params): disc_start, codebook_weight, pixelloss_weight,
     disc_num_layers, disc_in_channels, disc_factor, disc_weight, perceptual_weight, disc_ndf,
     disc_loss ('hinge' | 'vanilla'). perceptual_weight 0 builds no LPIPS (no VGG weights needed);
@@ -35,20 +34,13 @@ class VQLPIPSWithDiscriminator(nn.Module):
                  disc_weight: float = 1.0, perceptual_weight: float = 1.0, use_actnorm: bool = False,
                  disc_conditional: bool = False, disc_ndf: int = 64, disc_loss: str = "hinge",
                  vgg_weights=None, **ignore):
-        super().__init__()
-        if disc_conditional:
-            raise ValueError("disc_conditional=True is not supported (unused by QuantArt)")
+        super().__init__(disc_start, disc_in_channels, disc_num_layers, use_actnorm, disc_ndf, disc_factor,
+                         disc_weight, disc_loss, disc_conditional)
         self.codebook_weight = codebook_weight
         self.pixel_weight = pixelloss_weight  # official: stored, not applied
         self.perceptual_weight = perceptual_weight
         if perceptual_weight > 0:
             self.perceptual_loss = LPIPS(vgg_weights=vgg_weights)
-        self.discriminator = patch_discriminator(disc_in_channels, disc_num_layers, use_actnorm, disc_ndf)
-        self.discriminator_iter_start = disc_start
-        self.disc_loss_name = disc_loss
-        self.disc_loss = d_loss_fn(disc_loss)
-        self.disc_factor = disc_factor
-        self.discriminator_weight = disc_weight
 
     def forward(self, codebook_loss, inputs, reconstructions, optimizer_idx: int, global_step: int,
                 last_layer: torch.Tensor | None = None, split: str = "train"):
@@ -61,7 +53,7 @@ class VQLPIPSWithDiscriminator(nn.Module):
         else:
             p_loss = torch.zeros((), device=inputs.device)
         nll_loss = torch.mean(rec_loss)
-        disc_factor = adopt_weight(self.disc_factor, global_step, threshold=self.discriminator_iter_start)
+        disc_factor = self.disc_factor_at(global_step)
 
         if optimizer_idx == 0:
             logits_fake = self.discriminator(reconstructions)
@@ -87,11 +79,5 @@ class VQLPIPSWithDiscriminator(nn.Module):
             return loss, log
 
         if optimizer_idx == 1:
-            logits_real = self.discriminator(inputs.detach())
-            logits_fake = self.discriminator(reconstructions.detach())
-            d_loss = disc_factor * self.disc_loss(logits_real, logits_fake)
-            log = {f"{split}/disc_loss": d_loss.detach().mean(),
-                   f"{split}/logits_real": logits_real.detach().mean(),
-                   f"{split}/logits_fake": logits_fake.detach().mean()}
-            return d_loss, log
+            return self.discriminator_step(inputs, reconstructions, disc_factor, split)
         raise ValueError(f"optimizer_idx must be 0 (generator) or 1 (discriminator), got {optimizer_idx}")

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .gan import adopt_weight, d_loss_fn, patch_discriminator
+from .gan import PatchGANLoss
 
 
 def calc_mean_std(feat: torch.Tensor, eps: float = 1e-5):
@@ -46,7 +46,7 @@ def style_loss(input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(in_mean, t_mean) + F.mse_loss(in_std, t_std)
 
 
-class VQLPIPS_Ref(nn.Module):
+class VQLPIPS_Ref(PatchGANLoss):
     """Official parameters (lossconfig.params): disc_start, codebook1_weight, codebook2_weight (unused,
     as in the official code), G_step, disc_num_layers, disc_in_channels, disc_factor, disc_weight,
     reverse_weight, style_weight, disc_ndf, disc_loss."""
@@ -56,22 +56,15 @@ class VQLPIPS_Ref(nn.Module):
                  disc_factor: float = 1.0, disc_weight: float = 1.0, reverse_weight: float = 1.0,
                  style_weight: float = 10.0, use_actnorm: bool = False, disc_conditional: bool = False,
                  disc_ndf: int = 64, disc_loss: str = "hinge", **ignore):
-        super().__init__()
-        if disc_conditional:
-            raise ValueError("disc_conditional=True is not supported (unused by QuantArt)")
+        super().__init__(disc_start, disc_in_channels, disc_num_layers, use_actnorm, disc_ndf, disc_factor,
+                         disc_weight, disc_loss, disc_conditional)
         if G_step < 1:
             raise ValueError(f"G_step must be >= 1, got {G_step}")
         self.codebook1_weight = codebook1_weight
         self.codebook2_weight = codebook2_weight
         self.reverse_weight = reverse_weight
         self.style_weight = style_weight
-        self.discriminator = patch_discriminator(disc_in_channels, disc_num_layers, use_actnorm, disc_ndf)
-        self.discriminator_iter_start = disc_start
-        self.disc_loss_name = disc_loss
-        self.disc_loss = d_loss_fn(disc_loss)
         self.G_step = G_step
-        self.disc_factor = disc_factor
-        self.discriminator_weight = disc_weight
 
     def forward(self, codebook1_loss, inputs, reconstructions, quant, optimizer_idx: int, global_step: int,
                 split: str = "train"):
@@ -79,7 +72,7 @@ class VQLPIPS_Ref(nn.Module):
         → (loss, aeloss, log) for optimizer_idx 0; (d_loss, log) for 1."""
         s_loss = style_loss(reconstructions, inputs)
         reverse_loss = content_loss(reconstructions, quant)
-        disc_factor = adopt_weight(self.disc_factor, global_step, threshold=self.discriminator_iter_start)
+        disc_factor = self.disc_factor_at(global_step)
 
         if optimizer_idx == 0:
             logits_fake = self.discriminator(reconstructions.contiguous())
@@ -98,13 +91,7 @@ class VQLPIPS_Ref(nn.Module):
             return loss, aeloss, log
 
         if optimizer_idx == 1:
-            logits_real = self.discriminator(inputs.contiguous().detach())
-            logits_fake = self.discriminator(reconstructions.contiguous().detach())
             if global_step % self.G_step != 0:
                 disc_factor = disc_factor * 0.0
-            d_loss = disc_factor * self.disc_loss(logits_real, logits_fake)
-            log = {f"{split}/disc_loss": d_loss.detach().mean(),
-                   f"{split}/logits_real": logits_real.detach().mean(),
-                   f"{split}/logits_fake": logits_fake.detach().mean()}
-            return d_loss, log
+            return self.discriminator_step(inputs, reconstructions, disc_factor, split)
         raise ValueError(f"optimizer_idx must be 0 (generator) or 1 (discriminator), got {optimizer_idx}")

@@ -19,10 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import write_bytes
-
+from ..files import IMAGE_EXTENSIONS  # the same inputs as `quantart stylize`
 from ..images import SAVE_FORMATS, save_image
 
-INPUT_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
 OUTPUT_FORMATS = ("same", "png", "jpg")
 _END_MARKERS = {".png": b"IEND\xaeB`\x82", ".jpg": b"\xff\xd9", ".jpeg": b"\xff\xd9"}
 
@@ -46,7 +45,7 @@ def join(base, rel: str) -> str:
 
 
 def _wanted(name: str) -> bool:
-    return not name.startswith(".") and os.path.splitext(name)[1].lower() in INPUT_EXTENSIONS
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
 def list_inputs(source, exclude=None) -> list[tuple[str, str]]:
