@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import io
 
-from .atomic import write_bytes
+from quantart_runtime.util.atomic import write_bytes
 from .report import BACKEND_ORDER, PART_LABELS, PARTS
 
 

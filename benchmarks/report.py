@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from .atomic import write_text
+from quantart_runtime.util.atomic import write_text
 
 BACKEND_ORDER = ("torch-fp32", "torch-fp16", "torch-compile", "ort-cpu", "ort-cuda", "ort-trt", "tensorrt-fp16")
 PARTS = ("content_encoder", "style_encoder", "sga", "decoder", "pre_post")

@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 from filelock import FileLock
 
-from .atomic import write_bytes
+from .util.atomic import write_bytes
 
 CACHE_FORMAT = 1
 KEY_FIELDS = ("graph_sha256", "tensorrt_version", "gpu_name", "compute_capability", "profile")

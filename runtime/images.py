@@ -25,7 +25,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .atomic import atomic_open
+from .util.atomic import atomic_open
 from .errors import ImageError
 
 WHITE = (255, 255, 255)

@@ -168,7 +168,7 @@ def test_atomic_writes_make_ordinary_files(tmp_path):
     """Outputs get the usual permissions (umask applied), not mkstemp's private 0600."""
     import os
 
-    from quantart_runtime.atomic import write_bytes
+    from quantart_runtime.util.atomic import write_bytes
     from quantart_runtime.images import save_image
 
     umask = os.umask(0)

@@ -1,41 +1,177 @@
-"""The backend seam: one Runner per backend (Polygraphy style), so a new backend is one file."""
+"""The backend seam, in Polygraphy's shape: one Runner per backend, so a new backend is one file.
+
+The base class owns the life cycle and the checks; a backend implements only the ``*_impl`` hooks:
+
+    activate()    -> activate_impl()      create sessions / load engines, once
+    infer(...)    -> infer_impl(...)      after the base checked state, graph and inputs
+    deactivate()  -> deactivate_impl()    free them (always marks the runner inactive)
+
+``infer`` checks that the runner is active, that the graph is one of the model's, and that the feeds
+carry exactly the manifest's input names with its dtypes and ranks. Options a backend does not
+declare in ``OPTIONS`` raise ``TypeError`` naming them.
+
+Device data path: ``infer(graph, feeds, host_outputs=False)`` returns backend-native values (an
+OrtValue, a device tensor, ...) that can be fed to the next ``infer`` without passing through numpy;
+``to_device`` uploads a host array once (e.g. a style code) and ``to_host`` brings a value back.
+Host-only backends return numpy arrays for both. ``transfers`` counts host→device ("h2d") and
+device→host ("d2h") copies, so a test can check that graph-to-graph hand-off makes none.
+"""
 from __future__ import annotations
 
-from typing import Mapping
+from collections import Counter
+from typing import Any, Mapping
 
 import numpy as np
 
+_DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32}
+
 
 class Runner:
-    """Runs the graphs of one exported model directory.
+    """Runs the graphs of one exported model directory (see the module docstring for the contract).
 
-    Life cycle: ``activate()`` (create sessions / engines once), ``infer(graph, feeds)`` any number
-    of times, ``deactivate()`` (free them). Usable as a context manager.
+    Args:
+        model_dir: the exported model directory.
+        manifest: its parsed ``manifest.json`` (``quantart_runtime.manifest.load_manifest``).
+        precision: which graph set to run (``"fp32"``, ``"fp16"``; backends may add more).
+        device: device ordinal for GPU backends.
+        **options: backend options; each must be named in the class's ``OPTIONS``.
+
+    Raises:
+        TypeError: an option the backend does not know.
     """
 
     name = "base"
+    #: option names this backend accepts (anything else is a TypeError).
+    OPTIONS: frozenset = frozenset()
 
     def __init__(self, model_dir, manifest: dict, precision: str = "fp32", device: int = 0, **options):
+        unknown = sorted(set(options) - set(self.OPTIONS))
+        if unknown:
+            known = ", ".join(sorted(self.OPTIONS)) or "none"
+            raise TypeError(f"{type(self).__name__}: unknown option(s) {', '.join(unknown)} "
+                            f"(this backend takes: {known})")
         self.model_dir = model_dir
         self.manifest = manifest
         self.precision = precision
         self.device = device
-        self.options = options
+        self.options = dict(options)
         self.active = False
+        self.transfers: Counter = Counter()
 
+    # -- what a backend implements -------------------------------------------------------
     @classmethod
     def is_available(cls) -> tuple[bool, str]:
         """(True, "") when this backend can run here, else (False, reason)."""
         raise NotImplementedError
 
-    def activate(self) -> None:
+    def activate_impl(self) -> None:
+        """Create sessions / engines for every graph of ``self.precision``."""
         raise NotImplementedError
 
-    def infer(self, graph: str, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def infer_impl(self, graph: str, feeds: Mapping[str, Any], host_outputs: bool) -> dict[str, Any]:
+        """Run ``graph`` on checked ``feeds``; numpy outputs when ``host_outputs`` else native values."""
         raise NotImplementedError
+
+    def deactivate_impl(self) -> None:
+        """Free what ``activate_impl`` created."""
+        raise NotImplementedError
+
+    def is_device_value(self, value) -> bool:
+        """True for this backend's native (device-resident) values; numpy arrays are host values."""
+        return False
+
+    def value_info(self, value) -> tuple[np.dtype, int]:
+        """(dtype, rank) of a native value, for the input checks."""
+        raise NotImplementedError
+
+    def to_device_impl(self, array: np.ndarray):
+        """Upload ``array`` once; host-only backends return it unchanged."""
+        return array
+
+    def to_host_impl(self, value) -> np.ndarray:
+        """Copy a native value back to a numpy array."""
+        return np.asarray(value)
+
+    # -- the life cycle the base class owns -------------------------------------------------
+    def activate(self) -> None:
+        """Create what the graphs need (idempotent). Raises ``ModelError`` / ``BackendError``."""
+        if self.active:
+            return
+        self.activate_impl()
+        self.active = True
 
     def deactivate(self) -> None:
-        raise NotImplementedError
+        """Free sessions / engines (idempotent); the runner can be activated again."""
+        if not self.active:
+            return
+        try:
+            self.deactivate_impl()
+        finally:
+            self.active = False
+
+    def infer(self, graph: str, feeds: Mapping[str, Any], host_outputs: bool = True) -> dict[str, Any]:
+        """Run one graph.
+
+        Args:
+            graph: a graph name of the manifest (e.g. ``"content_encoder"``).
+            feeds: {input name: numpy array or a native value of this runner}.
+            host_outputs: True for numpy outputs; False to keep them as native values for the next call.
+        Returns:
+            {output name: value}.
+        Raises:
+            RuntimeError: not activated. KeyError: unknown graph. ValueError: wrong input names,
+            dtypes or ranks.
+        """
+        if not self.active:
+            raise RuntimeError(f"{type(self).__name__}.infer called before activate()")
+        self.check_feeds(graph, feeds)
+        return self.infer_impl(graph, feeds, host_outputs)
+
+    def to_device(self, array: np.ndarray):
+        """Upload a host array once (counted as one "h2d" transfer on device backends)."""
+        if not self.active:
+            raise RuntimeError(f"{type(self).__name__}.to_device called before activate()")
+        return self.to_device_impl(np.ascontiguousarray(array))
+
+    def to_host(self, value) -> np.ndarray:
+        """A numpy copy of ``value`` (numpy arrays are returned as they are)."""
+        if isinstance(value, np.ndarray):
+            return value
+        return self.to_host_impl(value)
+
+    def graph_inputs(self, graph: str) -> list[dict]:
+        """The manifest's input descriptions ({name, dtype, shape}) of ``graph``."""
+        graphs = self.manifest["graphs"][self.precision]
+        if graph not in graphs:
+            raise KeyError(f"{type(self).__name__}: model has no graph {graph!r} "
+                           f"(graphs: {', '.join(graphs)})")
+        return [io for io in graphs[graph].get("inputs", []) if isinstance(io, dict) and "name" in io]
+
+    def check_feeds(self, graph: str, feeds: Mapping[str, Any]) -> None:
+        """Raise ``ValueError`` unless ``feeds`` match the manifest's input names, dtypes and ranks."""
+        inputs = self.graph_inputs(graph)
+        if not inputs:
+            return
+        expected = [io["name"] for io in inputs]
+        if sorted(feeds) != sorted(expected):
+            raise ValueError(f"{graph}: inputs {sorted(feeds)} given, the graph takes {sorted(expected)}")
+        for io in inputs:
+            value = feeds[io["name"]]
+            if isinstance(value, np.ndarray):
+                dtype, rank = value.dtype, value.ndim
+            elif self.is_device_value(value):
+                dtype, rank = self.value_info(value)
+            else:
+                raise ValueError(f"{graph}: input {io['name']!r} is a {type(value).__name__}, "
+                                 f"not a numpy array or a {self.name} value")
+            want = _DTYPES.get(io.get("dtype"))
+            if want is not None and np.dtype(dtype) != np.dtype(want):
+                raise ValueError(f"{graph}: input {io['name']!r} has dtype {np.dtype(dtype)}, "
+                                 f"the graph takes {np.dtype(want)}")
+            shape = io.get("shape")
+            if isinstance(shape, list) and rank != len(shape):
+                raise ValueError(f"{graph}: input {io['name']!r} has rank {rank}, the graph takes "
+                                 f"rank {len(shape)} {shape}")
 
     def __enter__(self):
         self.activate()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import write_bytes
+from ..util.atomic import write_bytes
 from ..files import IMAGE_EXTENSIONS  # the same inputs as `quantart stylize`
 from ..images import SAVE_FORMATS, save_image
 
