@@ -15,19 +15,35 @@ $(BIN)/.installed: setup.cfg pyproject.toml
 
 venv: $(BIN)/.installed
 
-# The main job: train a tiny QuantArt on the sample images (PyTorch, CPU, a few minutes), export it to
-# ONNX, then stylize every sample photo with every sample artwork through the torch-free runtime.
+# The main job: export the shipped demo model (assets/demo_model, trained by `quantart train` with
+# configs/demo_*.yaml; the commands are in assets/demo_model/TRAINING.md) to ONNX, stylize every sample
+# photo with every sample artwork through the torch-free runtime, print the per-pair metrics table and
+# write the grids. `quantart demo --from-scratch` trains the model first (a long CPU job).
 DEMO := outputs/demo
 demo: venv
 	$(BIN)/quantart demo --out $(DEMO)
-	$(BIN)/quantart-export $(DEMO)/stage2/model --out $(DEMO)/onnx --precision both --force
-	for s in assets/style/*.jpg; do \
-	  $(BIN)/quantart stylize --model $(DEMO)/onnx --style $$s assets/content \
-	    -o $(DEMO)/stylized/$$(basename $$s .jpg) --no-progress || exit $$?; \
-	done
-	@echo "results: $(DEMO)/grid.png (PyTorch) and $(DEMO)/stylized/<style>/ (ONNX Runtime)"
 
-test: venv
+# Lint (pyflakes, pycodestyle, import order, bugbear; config in pyproject.toml) before any test runs.
+lint: venv
+	$(BIN)/ruff check .
+
+# The page test (tests/test_web_page.py) drives Debian's chromium + chromedriver: installed here with
+# apt-get when missing; where that cannot be done, that test is skipped with the reason.
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif ! command -v apt-get >/dev/null; then echo "no apt-get: the browser test will be skipped"; \
+	else sudo=$$([ "$$(id -u)" = 0 ] || echo "sudo -n"); \
+	  { $$sudo apt-get update -qq && \
+	    $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } \
+	  || echo "could not install chromium: the browser test will be skipped"; fi
+
+# CI's command: lint, then the whole suite (CPU, <= 10 minutes on 2 cores).
+test: venv lint browser
 	$(BIN)/python -m pytest -q -ra
 
-.PHONY: venv demo test
+# The edit loop: lint, then everything but the `slow` tests (full-size official architecture, the
+# end-to-end training runs); <= 3 minutes on 2 cores.
+test-fast: venv lint browser
+	$(BIN)/python -m pytest -q -ra -m "not slow"
+
+.PHONY: venv demo lint browser test test-fast

@@ -24,6 +24,11 @@ class BenchError(ValueError):
 
 @dataclass
 class BenchSettings:
+    """What ``quantart bench`` measures: the model directory and output folder, the torch checkpoint
+    (``None``: from manifest.json's source), backends, resolutions, batch sizes, style-cache modes,
+    warm-up and timed iterations, the device peak FLOP/s (``None``: measured), the sample images,
+    whether to time each graph, a per-worker timeout and the report's file name stem.
+    """
     model_dir: str
     out_dir: str
     checkpoint: str | None = None
@@ -41,6 +46,10 @@ class BenchSettings:
 
 
 def load_model_manifest(model_dir) -> dict:
+    """manifest.json of ``model_dir`` (every precision listed, sha256 not checked).
+
+    Raises ``BenchError`` (one line) when the directory is missing or not a valid model directory.
+    """
     from quantart_runtime import ModelError, load_manifest
     try:
         manifest = load_manifest(model_dir, precision=None, verify=False)
@@ -73,11 +82,14 @@ def _sha_matches(path: str, manifest: dict) -> bool | None:
     expected = (manifest.get("source") or {}).get("sha256")
     if not expected or not Path(path).is_file():
         return None
-    from quantart_runtime.manifest import sha256_file
+    from quantart_runtime.util import sha256_file
     return sha256_file(Path(path)) == expected
 
 
 def availability(name: str, checkpoint, manifest: dict) -> tuple[bool, str]:
+    """``(available, reason)`` of backend ``name`` here: torch backends need the checkpoint and
+    torch/CUDA, runtime backends their libraries, device and graphs of ``manifest``.
+    """
     if name.startswith("torch-"):
         from .torch_backends import availability as torch_availability
         return torch_availability(name, checkpoint)
@@ -86,6 +98,10 @@ def availability(name: str, checkpoint, manifest: dict) -> tuple[bool, str]:
 
 
 def run_worker(spec: dict, workdir: Path, timeout_s: float | None) -> dict:
+    """Measure one backend in its own process (``python -m quantart_benchmarks.worker``) so its peak
+    memory is its own; returns the worker's result dict, or a ``failed`` record with the reason when
+    the worker timed out (``timeout_s``) or exited without writing one.
+    """
     name = spec["backend"]
     spec_path, result_path = workdir / f"{name}.spec.json", workdir / f"{name}.result.json"
     spec_path.write_text(json.dumps(spec))
@@ -109,6 +125,9 @@ def _peaks(settings: BenchSettings, results: dict) -> dict:
     devices = {(r.get("info") or {}).get("device", "cpu") for r in results.values() if r["status"] == "ok"}
     if any(d == "cpu" for d in devices):
         peaks["cpu_fp32"] = measure_peak_flops("cpu", "fp32")
+    if any((r.get("info") or {}).get("precision") in ("bf16", "plan") and (r.get("info") or {}).get("device") == "cpu"
+           for r in results.values() if r["status"] == "ok"):
+        peaks["cpu_bf16"] = measure_peak_flops("cpu", "bf16")   # BF16 rows are judged against BF16 matmul
     if any(d.startswith("cuda") for d in devices):
         peaks["cuda_fp32"] = measure_peak_flops("cuda", "fp32")
         peaks["cuda_fp16"] = measure_peak_flops("cuda", "fp16")
@@ -119,7 +138,11 @@ def _peak_for(peaks: dict, info: dict) -> float | None:
     if "given" in peaks:
         return peaks["given"]["flops_per_s"]
     device = info.get("device", "cpu")
-    key = "cpu_fp32" if device == "cpu" else f"cuda_{info.get('precision', 'fp32')}"
+    precision = info.get("precision", "fp32")
+    if device == "cpu":
+        key = "cpu_bf16" if precision in ("bf16", "plan") and "cpu_bf16" in peaks else "cpu_fp32"
+    else:
+        key = f"cuda_{precision}"
     return (peaks.get(key) or {}).get("flops_per_s")
 
 
@@ -156,6 +179,9 @@ def add_roofline(entry: dict, flops: dict, peaks: dict) -> None:
 
 
 def add_overheads(entry: dict) -> None:
+    """Add ``entry['overhead']``: per ``resolution/batch/cache mode``, the runtime overhead of the
+    end-to-end time over the graphs it runs (see :func:`targets.overhead`).
+    """
     entry["overhead"] = {}
     for g in entry.get("graphs", []):
         for mode in ("off", "on"):
@@ -165,6 +191,13 @@ def add_overheads(entry: dict) -> None:
 
 
 def run_benchmark(settings: BenchSettings, log: Callable[[str], None] = lambda msg: None) -> dict:
+    """Run the whole benchmark as ``settings`` says and write the report (JSON, Markdown, PNG plots)
+    to ``settings.out_dir``.
+
+    Every backend runs in a worker process; unavailable ones are recorded as skipped with the reason.
+    Returns the report dict. Raises ``BenchError`` on a bad report name, unknown backend or model
+    directory; ``OSError`` when the output folder cannot be written.
+    """
     if not settings.report_name or "/" in settings.report_name or settings.report_name.startswith("."):
         raise BenchError(f"report name {settings.report_name!r} must be a plain file name stem")
     unknown = [b for b in settings.backends if b not in ALL_BACKENDS]
@@ -192,6 +225,7 @@ def run_benchmark(settings: BenchSettings, log: Callable[[str], None] = lambda m
 
     if checkpoint is not None:
         from quantart import load_model
+
         from .flops import graph_flops
         config = load_model(checkpoint).config
         for res in settings.resolutions:
@@ -224,7 +258,7 @@ def run_benchmark(settings: BenchSettings, log: Callable[[str], None] = lambda m
             log(f"{name}: {status}" + (f" ({results[name].get('error')})" if status != "ok" else ""))
             if name == "torch-fp32" and status == "ok" and results[name].get("fidelity"):
                 ref_file = results[name]["fidelity"]["file"]
-        for name, entry in results.items():
+        for entry in results.values():
             if entry["status"] != "ok":
                 continue
             if ref_file and entry.get("fidelity"):
@@ -246,6 +280,9 @@ def run_benchmark(settings: BenchSettings, log: Callable[[str], None] = lambda m
 
 
 def write_report(rep: dict, out_dir: Path, stem: str = "bench") -> dict:
+    """Write ``rep`` as ``<stem>.json``, ``<stem>.md`` and two PNG plots into ``out_dir`` (each file
+    atomically); records the file names in ``rep['files']`` and returns ``rep``.
+    """
     files = {"json": f"{stem}.json", "markdown": f"{stem}.md",
              "plots": {"throughput": f"{stem}_throughput.png", "breakdown": f"{stem}_breakdown.png"}}
     rep["files"] = files

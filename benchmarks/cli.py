@@ -9,6 +9,7 @@ from .bench import ALL_BACKENDS, BenchError, BenchSettings, run_benchmark
 
 
 class BenchUsageError(click.ClickException):
+    """Bad ``quantart bench`` input: one line, exit code 2."""
     exit_code = 2
 
 
@@ -67,7 +68,8 @@ def bench(model_dir, checkpoint, backends, resolutions, batch_sizes, style_cache
         try:
             peak = parse_flops(peak_flops)
         except ValueError:
-            raise BenchUsageError(f"--peak-flops must be a positive number like 2.5e12 or 800G, got {peak_flops!r}") from None
+            raise BenchUsageError(f"--peak-flops must be a positive number like 2.5e12 or 800G, "
+                                  f"got {peak_flops!r}") from None
     settings = BenchSettings(
         model_dir=model_dir, out_dir=out_dir, checkpoint=checkpoint, backends=_backends(backends),
         resolutions=_ints(resolutions, "resolutions"), batch_sizes=_ints(batch_sizes, "batch-sizes"),

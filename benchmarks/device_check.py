@@ -1,300 +1,282 @@
-"""GPU check for the fused nearest-code kernel (issue 6 §3). Run through benchmarks/device_check.sh.
+"""GPU check of the fused nearest-code kernel and the device memory path. Run via benchmarks/device_check.sh.
 
-Sections (each guarded, so a failure in one is recorded and the rest still run; results are written
-after every section):
-  1. correctness: the Triton kernel, natively, vs the float64 oracle (N = 256 … 65536, K = 1024 and
-     16384, D = 256, FP32 and FP16; the oracle runs in float64 on the GPU by row chunks and is tied
-     to the numpy oracle `nearest_code_reference` on a slice);
-  2. AOT: the PTX the TensorRT plugin embeds, loaded with cuModuleLoadData and launched with
-     cuLaunchKernel using the plugin's launch parameters, compared with the JIT launch;
-  3. timing: the fused kernel vs torch (cdist + argmin, matmul + argmin; FP32 without TF32, FP16);
-  4. the torch eager pipeline of the official architecture (256², batch 1 and 32, FP32 and FP16).
-Writes device_check.json and device_check.md under --out.
+Runs on a lent GPU machine with torch, triton, cuda-python and cupy (no TensorRT, no network, no
+Pillow), in at most 8 minutes. Sections, each guarded (a failure is recorded and the rest still
+run) and each followed by a rewrite of device_check.json and device_check.md (format:
+docs/device_check.md):
+
+  setup        versions, device, driver, PTX ISAs (written before anything can fail);
+  correctness  the Triton kernel vs the float64 oracle, N x K x D x {fp32, fp16};
+  aot          the PTX the TensorRT plugin embeds, for this driver (ISA capped by Triton's ptxas),
+               loaded with cuModuleLoadData and launched with the plugin's launch parameters;
+  timing       fused kernel vs torch matmul+argmin (+gather), FP32 without TF32 and FP16; decides
+               the kernel target: fused >= 2x torch at N >= 8192;
+  memory       the GPU runners' device path (cuda_mem): pinned staging, one upload, on-device
+               broadcast of a style code, stream-ordered allocation, one download;
+  pipeline     the torch eager pipeline of the official architecture (needs the quantart package).
+
+The kernel and cuda_mem modules are loaded from their files, not through the quantart_runtime
+package (whose images module needs Pillow).
 """
 from __future__ import annotations
 
 import argparse
-import ctypes
+import importlib.util
 import json
+import os
 import platform
 import sys
 import time
 import traceback
 from pathlib import Path
 
-import numpy as np
+ROOT = Path(__file__).resolve().parents[1]
+SECTIONS = ("correctness", "aot", "timing", "memory", "pipeline")
+NS = (1, 17, 1000, 8192, 65536)
+KS = (512, 1024, 16384)
+DS = (64, 256, 512)
+TIMING_NS = (1024, 8192, 16384, 65536)
+TARGET_SPEEDUP, TARGET_MIN_N = 2.0, 8192
 
-NS = (256, 1024, 4096, 8192, 16384, 65536)
-KS = (1024, 16384)
-D = 256
 
-
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", required=True, help="directory for device_check.json / device_check.md")
-    p.add_argument("--budget-s", type=float, default=420.0, help="stop starting new sections after this")
-    p.add_argument("--ns", default=",".join(map(str, NS)), help="comma-separated N values")
-    p.add_argument("--ks", default=",".join(map(str, KS)), help="comma-separated K values")
-    p.add_argument("--skip", default="", help="comma-separated sections to skip: correctness,aot,timing,pipeline")
-    a = p.parse_args(argv)
+def _ints(text: str, what: str) -> list[int]:
     try:
-        a.ns = [int(x) for x in a.ns.split(",") if x]
-        a.ks = [int(x) for x in a.ks.split(",") if x]
+        values = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        p.error("--ns/--ks must be comma-separated integers")
-    if not a.ns or not a.ks or min(a.ns + a.ks) < 1:
-        p.error("--ns/--ks need positive integers")
-    a.skip = {s for s in a.skip.split(",") if s}
-    unknown = a.skip - {"correctness", "aot", "timing", "pipeline"}
+        raise argparse.ArgumentTypeError(f"{what} must be comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{what} needs positive integers, got {text!r}")
+    return values
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line (also used by device_check.sh to resolve OUT_DIR before anything runs)."""
+    p = argparse.ArgumentParser(prog="device_check", description=__doc__.splitlines()[0])
+    p.add_argument("out_dir", nargs="?", help="output directory (or --out; default $OUT)")
+    p.add_argument("--out", help="output directory for device_check.json / device_check.md")
+    p.add_argument("--budget-s", type=float, default=400.0, help="stop starting sections after this (s)")
+    p.add_argument("--ns", type=lambda t: _ints(t, "--ns"), default=list(NS), help="N values (correctness)")
+    p.add_argument("--ks", type=lambda t: _ints(t, "--ks"), default=list(KS), help="K values")
+    p.add_argument("--ds", type=lambda t: _ints(t, "--ds"), default=list(DS), help="D values")
+    p.add_argument("--timing-ns", type=lambda t: _ints(t, "--timing-ns"), default=list(TIMING_NS),
+                   help="N values (timing)")
+    p.add_argument("--skip", default="", help=f"comma-separated sections to skip: {','.join(SECTIONS)}")
+    p.add_argument("--resolve-out", action="store_true", help="print the absolute output directory and exit")
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """Parse ``argv``; ``out`` becomes an absolute Path (from OUT_DIR, --out or $OUT). Exit 2 on errors."""
+    p = parser()
+    a = p.parse_args(argv)
+    if a.out_dir and a.out and Path(a.out_dir).resolve() != Path(a.out).resolve():
+        p.error(f"two output directories given: {a.out_dir} and --out {a.out}")
+    out = a.out or a.out_dir or os.environ.get("OUT")
+    if not out:
+        p.error("give an output directory (OUT_DIR, --out or $OUT)")
+    a.out = Path(out).resolve()
+    a.skip = {s.strip() for s in a.skip.split(",") if s.strip()}
+    unknown = a.skip - set(SECTIONS)
     if unknown:
-        p.error(f"unknown section(s) in --skip: {', '.join(sorted(unknown))}")
+        p.error(f"unknown section(s) in --skip: {', '.join(sorted(unknown))} (sections: {', '.join(SECTIONS)})")
     return a
 
 
-def make_case(torch, n, k, dtype, seed=0):
-    g = torch.Generator(device="cuda").manual_seed(seed)
-    e = torch.randn(k, D, device="cuda", generator=g) * (0.5 + torch.rand(k, 1, device="cuda", generator=g))
-    z = torch.randn(n, D, device="cuda", generator=g) * 1.5 + 0.2
-    e, z = e.to(dtype).contiguous(), z.to(dtype).contiguous()
-    esq = (e.float() * e.float()).sum(1).contiguous()
-    return z, e, esq
+def load_module(name: str, relpath: str):
+    """Import one self-contained source file of the tree by path (no package __init__ runs)."""
+    full = f"quantart_device_check_{name}"
+    if full in sys.modules:
+        return sys.modules[full]
+    spec = importlib.util.spec_from_file_location(full, ROOT / relpath)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[full] = module          # dataclasses look their module up while the file executes
+    spec.loader.exec_module(module)
+    return module
 
 
-def run_fused(torch, nc, z, e, esq):
-    idx = torch.empty(z.shape[0], dtype=torch.int32, device="cuda")
-    codes = torch.empty_like(z)
-    nc.launch(z, e, esq, idx, codes)
-    return idx, codes
+def load_kernel():
+    """runtime/kernels/nearest_code.py (numpy only until a Triton function is called)."""
+    return load_module("nearest_code", "runtime/kernels/nearest_code.py")
 
 
-def oracle_gpu(torch, z, e, chunk=4096):
-    """float64 argmin and best/second-best margin, row chunks (same formula as nearest_code_reference)."""
-    e64 = e.double()
-    esq = (e64 * e64).sum(1)
-    idx, margin = [], []
-    for s in range(0, z.shape[0], chunk):
-        sc = esq[None, :] - 2.0 * (z[s:s + chunk].double() @ e64.T)
-        if sc.shape[1] > 1:
-            top = torch.topk(sc, 2, dim=1, largest=False)
-            margin.append(top.values[:, 1] - top.values[:, 0])
-        else:
-            margin.append(torch.full((sc.shape[0],), float("inf"), device=sc.device, dtype=torch.float64))
-        idx.append(torch.argmin(sc, dim=1))      # first minimum, like numpy
-    return torch.cat(idx), torch.cat(margin)
+def _version(dist: str) -> str | None:
+    from importlib import metadata
 
-
-def section_correctness(torch, nc, args, res):
-    rows = []
-    for dtype_name, dtype in (("fp32", torch.float32), ("fp16", torch.float16)):
-        for k in args.ks:
-            for n in args.ns:
-                z, e, esq = make_case(torch, n, k, dtype, seed=n + k)
-                idx, codes = run_fused(torch, nc, z, e, esq)
-                ref_idx, margin = oracle_gpu(torch, z, e)
-                scale = z.double().norm(dim=1) * e.double().norm(dim=1).max()
-                decisive = margin > 1e-5 * scale
-                mism = int((idx.long()[decisive] != ref_idx[decisive]).sum())
-                exact = bool(torch.equal(codes, e[idx.long()]))
-                row = {"dtype": dtype_name, "N": n, "K": k, "decisive": int(decisive.sum()), "mismatch": mism,
-                       "codes_exact": exact, "ok": mism == 0 and exact}
-                if n == args.ns[0]:      # tie the GPU float64 oracle to the numpy one
-                    sl = slice(0, min(n, 256))
-                    np_idx, _ = nc.nearest_code_reference(z[sl].float().cpu().numpy(), e.float().cpu().numpy())
-                    row["numpy_oracle_agrees"] = bool(np.array_equal(np_idx, ref_idx[sl].cpu().numpy()))
-                    row["ok"] = row["ok"] and row["numpy_oracle_agrees"]
-                rows.append(row)
-    res["correctness"] = rows
-
-
-def section_aot(torch, nc, args, res):
-    from cuda.bindings import driver as cu
-
-    def check(r):
-        err, *vals = r
-        if err != cu.CUresult.CUDA_SUCCESS:
-            raise RuntimeError(f"CUDA driver error {err}")
-        return vals[0] if len(vals) == 1 else vals
-
-    torch.cuda.init()
-    check(cu.cuInit(0))
-    ctx = check(cu.cuDevicePrimaryCtxRetain(check(cu.cuDeviceGet(torch.cuda.current_device()))))
-    check(cu.cuCtxSetCurrent(ctx))      # torch's primary context
-    major, minor = torch.cuda.get_device_capability()
-    ptx_version = nc.ptx_version_for_driver(check(cu.cuDriverGetVersion()))
-    rows = []
-    for dtype_name, dtype in (("fp32", torch.float32), ("fp16", torch.float16)):
-        name, ptx, lp = nc.compile_ptx(major * 10 + minor, dtype_name, D, ptx_version=ptx_version)
-        module = check(cu.cuModuleLoadData(ptx.encode() + b"\0"))
-        fn = check(cu.cuModuleGetFunction(module, name.encode()))
-        stream = torch.cuda.current_stream().cuda_stream
-        for k in args.ks:
-            n = 8192 + 37
-            z, e, esq = make_case(torch, n, k, dtype, seed=7 + k)
-            idx_jit, codes_jit = run_fused(torch, nc, z, e, esq)
-            idx = torch.full((n,), -1, dtype=torch.int32, device="cuda")
-            codes = torch.full_like(z, float("nan"))
-            vals = (z.data_ptr(), e.data_ptr(), esq.data_ptr(), n, k, idx.data_ptr(), codes.data_ptr()) \
-                + (0,) * lp.hidden_params
-            types = (ctypes.c_void_p,) * 3 + (ctypes.c_int32,) * 2 + (ctypes.c_void_p,) * (2 + lp.hidden_params)
-            gx, gy, gz = lp.grid(n)
-            check(cu.cuLaunchKernel(fn, gx, gy, gz, lp.threads_per_block, 1, 1, lp.shared_mem, stream,
-                                    (vals, types), 0))
-            torch.cuda.synchronize()
-            rows.append({"dtype": dtype_name, "N": n, "K": k, "ptx_version": ptx_version,
-                         "launch": lp.to_dict(), "indices_equal_jit": bool(torch.equal(idx, idx_jit)),
-                         "codes_equal_jit": bool(torch.equal(codes, codes_jit))})
-        check(cu.cuModuleUnload(module))
-    res["aot"] = rows
-
-
-def bench(torch, fn):
-    from triton.testing import do_bench
-    return float(do_bench(fn, warmup=10, rep=40))
-
-
-def section_timing(torch, nc, args, res):
-    torch.backends.cuda.matmul.allow_tf32 = False
-    rows = []
-    for dtype_name, dtype in (("fp32", torch.float32), ("fp16", torch.float16)):
-        for k in args.ks:
-            for n in args.ns:
-                z, e, esq = make_case(torch, n, k, dtype, seed=3)
-                idx = torch.empty(n, dtype=torch.int32, device="cuda")
-                codes = torch.empty_like(z)
-                row = {"dtype": dtype_name, "N": n, "K": k}
-                row["fused_ms"] = bench(torch, lambda: nc.launch(z, e, esq, idx, codes))
-                et = e.t().contiguous()
-                esq_t = esq.to(dtype)
-
-                def mm_argmin():
-                    i = torch.argmin(esq_t - 2 * (z @ et), dim=1)
-                    return e[i]
-
-                row["matmul_argmin_ms"] = bench(torch, mm_argmin)
-                row["indices_equal_matmul"] = bool(torch.equal(idx.long(), torch.argmin(esq_t - 2 * (z @ et), dim=1)))
-                try:
-                    row["cdist_argmin_ms"] = bench(torch, lambda: e[torch.argmin(torch.cdist(z, e), dim=1)])
-                except Exception as ex:           # cdist has no kernel for some dtypes
-                    row["cdist_argmin_ms"] = None
-                    row["cdist_error"] = str(ex).splitlines()[0]
-                row["speedup_vs_matmul"] = row["matmul_argmin_ms"] / row["fused_ms"]
-                rows.append(row)
-        torch.cuda.empty_cache()
-    res["timing"] = rows
-
-
-def section_pipeline(torch, args, res):
-    from quantart import StyleTransfer
-    from quantart.models.config import official_config
-
-    model = StyleTransfer(**official_config("stage2")).cuda().eval()
-    rows = []
-    for dtype_name, dtype in (("fp32", torch.float32), ("fp16", torch.float16)):
-        m = model.to(dtype)
-        for batch in (1, 32):
-            x = torch.rand(batch, 3, 256, 256, device="cuda", dtype=dtype) * 2 - 1
-            ref = torch.rand(batch, 3, 256, 256, device="cuda", dtype=dtype) * 2 - 1
-            try:
-                with torch.inference_mode():
-                    ms = bench(torch, lambda: m.stylize(x, ref))
-                rows.append({"dtype": dtype_name, "batch": batch, "ms": ms, "images_per_s": batch / ms * 1e3})
-            except Exception as ex:
-                rows.append({"dtype": dtype_name, "batch": batch, "error": str(ex).splitlines()[0][:300]})
-            torch.cuda.empty_cache()
-    res["pipeline"] = rows
-
-
-def target_verdict(res):
-    rows = [r for r in res.get("timing", []) if r["N"] >= 8192 and r["K"] == 1024]
-    if not rows:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
         return None
-    return {dt: all(r["speedup_vs_matmul"] >= 2.0 and r["indices_equal_matmul"] for r in rows if r["dtype"] == dt)
-            for dt in sorted({r["dtype"] for r in rows})}
 
 
-def markdown(res) -> str:
-    out = ["# Device check: fused nearest-code kernel", "", f"- device: {res.get('device')}",
-           f"- versions: {json.dumps(res.get('versions', {}))}", f"- wall: {res.get('wall_s', 0):.0f} s", ""]
-    if res.get("correctness"):
-        out += ["## Correctness vs float64 oracle", "", "| dtype | N | K | decisive rows | mismatches | codes exact | ok |",
-                "|---|---|---|---|---|---|---|"]
-        out += [f"| {r['dtype']} | {r['N']} | {r['K']} | {r['decisive']} | {r['mismatch']} | {r['codes_exact']} | {r['ok']} |"
-                for r in res["correctness"]]
-    if res.get("aot"):
-        out += ["", "## AOT PTX through cuda-python (plugin launch parameters)", "",
-                "| dtype | N | K | PTX ISA | grid/block/smem | indices = JIT | codes = JIT |", "|---|---|---|---|---|---|---|"]
-        out += [f"| {r['dtype']} | {r['N']} | {r['K']} | {r['ptx_version']} | "
-                f"{r['launch']['block_n']}-row tiles/{r['launch']['threads_per_block']}/{r['launch']['shared_mem']} | "
-                f"{r['indices_equal_jit']} | {r['codes_equal_jit']} |" for r in res["aot"]]
-    if res.get("timing"):
-        out += ["", "## Timing (ms, median)", "",
-                "| dtype | N | K | fused | matmul+argmin | cdist+argmin | speed-up vs matmul | same indices |",
-                "|---|---|---|---|---|---|---|---|"]
-        for r in res["timing"]:
-            cd = f"{r['cdist_argmin_ms']:.3f}" if r.get("cdist_argmin_ms") is not None else "n/a"
-            out.append(f"| {r['dtype']} | {r['N']} | {r['K']} | {r['fused_ms']:.3f} | {r['matmul_argmin_ms']:.3f} | "
-                       f"{cd} | {r['speedup_vs_matmul']:.2f}x | {r['indices_equal_matmul']} |")
-        out += ["", f"Target (fused >= 2x matmul+argmin at N >= 8192, K = 1024, identical indices): "
-                f"{json.dumps(res.get('target'))}"]
-    if res.get("pipeline"):
-        out += ["", "## Torch eager pipeline, official architecture, 256x256", "", "| dtype | batch | ms | images/s |",
-                "|---|---|---|---|"]
-        out += [f"| {r['dtype']} | {r['batch']} | {r.get('ms', float('nan')):.1f} | "
-                f"{r.get('images_per_s', float('nan')):.1f} |" if "ms" in r else
-                f"| {r['dtype']} | {r['batch']} | error: {r['error']} | |" for r in res["pipeline"]]
-    if res.get("errors"):
-        out += ["", "## Errors", ""] + [f"- {k}: {v}" for k, v in res["errors"].items()]
-    return "\n".join(out) + "\n"
-
-
-def write(out, res):
-    (out / "device_check.json").write_text(json.dumps(res, indent=1, default=str))
-    (out / "device_check.md").write_text(markdown(res))
-
-
-def main(argv=None):
-    args = parse_args(argv)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
-    res = {"errors": {}, "argv": sys.argv[1:], "python": platform.python_version()}
+def setup(res: dict) -> bool:
+    """Record versions and the device; True when a CUDA device is usable by torch."""
+    res["versions"] = {d: _version(d) for d in ("torch", "triton", "cuda-python", "cuda-bindings", "cupy-cuda12x",
+                                                  "cupy-cuda13x", "onnxruntime", "onnxruntime-gpu", "numpy",
+                                                  "pillow", "tensorrt")}
+    res["python"] = platform.python_version()
+    nc = load_kernel()
     import torch
-    import triton
-
-    from quantart_runtime.kernels import nearest_code as nc
 
     if not torch.cuda.is_available():
         res["errors"]["setup"] = "no CUDA device visible to torch"
-        write(out, res)
-        print("device_check: no CUDA device visible to torch", file=sys.stderr)
-        return 2
-    res["device"] = f"{torch.cuda.get_device_name()} (sm_{''.join(map(str, torch.cuda.get_device_capability()))})"
-    res["versions"] = {"torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda}
-    sections = [("correctness", lambda: section_correctness(torch, nc, args, res)),
-                ("aot", lambda: section_aot(torch, nc, args, res)),
-                ("timing", lambda: section_timing(torch, nc, args, res)),
-                ("pipeline", lambda: section_pipeline(torch, args, res))]
-    for name, fn in sections:
+        return False
+    major, minor = torch.cuda.get_device_capability()
+    res["device"] = {"name": torch.cuda.get_device_name(), "arch": major * 10 + minor,
+                     "memory_gib": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1),
+                     "torch_cuda": torch.version.cuda}
+    try:
+        from cuda.bindings import driver as cu
+
+        err, driver = cu.cuDriverGetVersion()
+        res["device"]["driver_version"] = int(driver)
+        res["device"]["driver_ptx_isa"] = nc.driver_ptx_version(driver)
+        res["device"]["ptxas_ptx_isa"] = nc.ptxas_ptx_version(major * 10 + minor)
+        res["device"]["plugin_ptx_isa"] = nc.ptx_version_for_driver(driver, major * 10 + minor)
+    except Exception as exc:     # recorded; the aot section reports it again
+        res["errors"]["setup"] = f"driver/PTX query failed: {type(exc).__name__}: {exc}".splitlines()[0]
+    return True
+
+
+def run_sections(args, res: dict, sections: dict, write, clock=time.monotonic) -> None:
+    """Run ``sections`` ({name: fn()}) in order within the time budget, recording errors and
+    rewriting the report after each one."""
+    t0 = clock()
+    for name, fn in sections.items():
         if name in args.skip:
+            res["skipped"][name] = "--skip"
             continue
-        if time.time() - t0 > args.budget_s:
-            res["errors"][name] = f"skipped: time budget of {args.budget_s:.0f} s used up"
+        if clock() - t0 > args.budget_s:
+            res["skipped"][name] = f"time budget of {args.budget_s:.0f} s used up"
+            write(res)
             continue
-        s0 = time.time()
+        s0 = clock()
         try:
             fn()
-        except Exception as ex:
-            res["errors"][name] = f"{type(ex).__name__}: {ex}".splitlines()[0][:500]
-            (out / f"{name}.traceback.txt").write_text(traceback.format_exc())
-        res.setdefault("section_s", {})[name] = round(time.time() - s0, 1)
+        except Exception as exc:
+            res["errors"][name] = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+            load_module("atomic", "runtime/util/atomic.py").write_text(args.out / f"{name}.traceback.txt",
+                                                                       traceback.format_exc())
+        res["section_s"][name] = round(clock() - s0, 1)
+        res["wall_s"] = round(clock() - t0, 1)
         res["target"] = target_verdict(res)
-        res["wall_s"] = time.time() - t0
-        write(out, res)
-        print(f"device_check: {name} done in {time.time() - s0:.0f} s", flush=True)
-    ok = all(r["ok"] for r in res.get("correctness", [])) and \
-        all(r["indices_equal_jit"] and r["codes_equal_jit"] for r in res.get("aot", []))
-    print((out / "device_check.md").read_text())
-    return 0 if ok and not {"correctness", "aot"} & set(res["errors"]) else 1
+        write(res)
+        print(f"device_check: {name} done in {clock() - s0:.0f} s", flush=True)
+
+
+def target_verdict(res: dict) -> dict | None:
+    """Per dtype: whether the fused kernel is >= 2x torch matmul+argmin at every N >= 8192 timed,
+    with the smallest speed-up, and the resulting kernel target ("fused" or "torch")."""
+    rows = [r for r in res.get("timing", []) if r["N"] >= TARGET_MIN_N and "speedup" in r]
+    if not rows:
+        return None
+    out = {}
+    for dt in sorted({r["dtype"] for r in rows}):
+        mine = [r for r in rows if r["dtype"] == dt]
+        met = all(r["speedup"] >= TARGET_SPEEDUP for r in mine)
+        out[dt] = {"met": met, "min_speedup": round(min(r["speedup"] for r in mine), 2), "cases": len(mine),
+                   "kernel_target": "fused" if met else "torch"}
+    return out
+
+
+def _fmt(value, spec: str = ".3f") -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def markdown(res: dict) -> str:
+    """The Markdown report (docs/device_check.md describes it) of a result dict."""
+    dev = res.get("device") or {}
+    out = ["# Device check: fused nearest-code kernel and device memory path", "",
+           f"- device: {dev.get('name', 'none')} (sm_{dev.get('arch', '?')}, {dev.get('memory_gib', '?')} GiB), "
+           f"driver {dev.get('driver_version', '?')}, PTX ISA driver {dev.get('driver_ptx_isa', '?')} / "
+           f"ptxas {dev.get('ptxas_ptx_isa', '?')} -> plugin {dev.get('plugin_ptx_isa', '?')}",
+           f"- versions: {json.dumps({k: v for k, v in (res.get('versions') or {}).items() if v})}",
+           f"- started {res.get('started', '?')}, wall {res.get('wall_s', 0)} s, "
+           f"sections {json.dumps(res.get('section_s', {}))}",
+           ""]
+    if res.get("correctness"):
+        bad = [r for r in res["correctness"] if not r["ok"]]
+        out += ["## Correctness vs float64 oracle", "",
+                f"{len(res['correctness']) - len(bad)}/{len(res['correctness'])} cases pass "
+                "(indices equal on decisive rows, codes bitwise equal to the chosen rows).", "",
+                "| dtype | N | K | D | decisive | mismatches | codes exact | ok |", "|---|---|---|---|---|---|---|---|"]
+        out += [f"| {r['dtype']} | {r['N']} | {r['K']} | {r['D']} | {r['decisive']} | {r['mismatch']} | "
+                f"{r['codes_exact']} | {r['ok']} |" for r in (bad or res["correctness"])[:60]]
+    if res.get("aot"):
+        out += ["", "## AOT PTX through cuda-python (plugin launch parameters)", "",
+                "| dtype | D | N | K | PTX ISA | block/smem | indices = JIT | codes = JIT | ok |",
+                "|---|---|---|---|---|---|---|---|---|"]
+        out += [f"| {r['dtype']} | {r['D']} | {r['N']} | {r['K']} | {r['ptx_version']} | "
+                f"{r['threads_per_block']}/{r['shared_mem']} | {r['indices_equal_jit']} | {r['codes_equal_jit']} | "
+                f"{r['ok']} |" for r in res["aot"]]
+    if res.get("timing"):
+        out += ["", "## Timing (ms, median of triton.testing.do_bench)", "",
+                "| dtype | N | K | D | fused | torch matmul+argmin | speed-up | same indices |",
+                "|---|---|---|---|---|---|---|---|"]
+        out += [f"| {r['dtype']} | {r['N']} | {r['K']} | {r['D']} | {_fmt(r.get('fused_ms'))} | "
+                f"{_fmt(r.get('torch_ms'))} | {_fmt(r.get('speedup'), '.2f')}x | {r.get('indices_equal_torch')} |"
+                for r in res["timing"]]
+        out += ["", f"Kernel target (fused >= {TARGET_SPEEDUP:g}x torch at N >= {TARGET_MIN_N}): "
+                f"{json.dumps(res.get('target'))}"]
+    if res.get("memory"):
+        out += ["", "## Device memory path (cuda_mem)", "", "| check | ok | detail |", "|---|---|---|"]
+        out += [f"| {r['check']} | {r['ok']} | {r.get('detail', '')} |" for r in res["memory"]]
+    if res.get("pipeline"):
+        out += ["", "## Torch eager pipeline, official architecture, 256x256", "", "| dtype | batch | ms | images/s |",
+                "|---|---|---|---|"]
+        out += [f"| {r['dtype']} | {r['batch']} | {_fmt(r.get('ms'), '.1f')} | {_fmt(r.get('images_per_s'), '.1f')} |"
+                if "ms" in r else f"| {r['dtype']} | {r['batch']} | error: {r['error']} | |" for r in res["pipeline"]]
+    if res.get("errors") or res.get("skipped"):
+        out += ["", "## Errors and skipped sections", ""]
+        out += [f"- {k}: {v}" for k, v in res.get("errors", {}).items()]
+        out += [f"- {k}: skipped ({v})" for k, v in res.get("skipped", {}).items()]
+    return "\n".join(out) + "\n"
+
+
+def write_report(out: Path, res: dict) -> None:
+    """Write device_check.json and device_check.md under ``out``, each atomically
+    (``quantart_runtime.util.atomic``, loaded from its file: no Pillow needed)."""
+    atomic = load_module("atomic", "runtime/util/atomic.py")
+    atomic.write_text(out / "device_check.json", json.dumps(res, indent=1, default=str))
+    atomic.write_text(out / "device_check.md", markdown(res))
+
+
+def main(argv=None) -> int:
+    """Run the check; exit 0 when every correctness and AOT case passed, 1 otherwise, 2 without a GPU."""
+    args = parse_args(argv)
+    if args.resolve_out:
+        print(args.out)
+        return 0
+    args.out.mkdir(parents=True, exist_ok=True)
+    res = {"format": 1, "argv": list(sys.argv[1:] if argv is None else argv), "errors": {}, "skipped": {},
+           "section_s": {}, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+    def write(r):
+        write_report(args.out, r)
+
+    try:
+        ok = setup(res)
+    except Exception as exc:
+        res["errors"]["setup"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+        ok = False
+    write(res)
+    if not ok:
+        print(f"device_check: {res['errors']['setup']}", file=sys.stderr)
+        return 2
+    import torch
+
+    sec = load_module("sections", "benchmarks/device_check_sections.py")
+
+    nc = load_kernel()
+    sections = {"correctness": lambda: sec.correctness(torch, nc, args, res),
+                "aot": lambda: sec.aot(torch, nc, args, res),
+                "timing": lambda: sec.timing(torch, nc, args, res),
+                "memory": lambda: sec.memory(torch, load_module("cuda_mem", "runtime/backends/cuda_mem.py"), res),
+                "pipeline": lambda: sec.pipeline(torch, res)}
+    run_sections(args, res, sections, write)
+    ok = all(r["ok"] for r in res.get("correctness", [])) and all(r["ok"] for r in res.get("aot", [])) \
+        and all(r["ok"] for r in res.get("memory", []))
+    print((args.out / "device_check.md").read_text())
+    return 0 if ok and not {"correctness", "aot", "memory"} & set(res["errors"]) else 1
 
 
 if __name__ == "__main__":

@@ -1,37 +1,40 @@
 #!/usr/bin/env bash
-# GPU check for the fused nearest-code kernel (issue 6 §3): correctness vs the float64 oracle, the AOT
-# PTX through cuda-python, timings vs torch, torch eager pipeline. At most 8 minutes; no network.
-# Usage: benchmarks/device_check.sh [OUT_DIR] [extra args for device_check.py]
-# Writes OUT_DIR/device_check.md and OUT_DIR/device_check.json (OUT_DIR defaults to $OUT).
+# GPU check of the fused nearest-code kernel and the device memory path (benchmarks/device_check.py):
+# kernel vs float64 oracle, AOT PTX for this driver through cuda-python, timings vs torch, the
+# cuda_mem device path, the torch eager pipeline. At most 8 minutes; no network; Pillow not needed.
+#
+# Usage: benchmarks/device_check.sh [OPTIONS] [OUT_DIR] [OPTIONS]     (options anywhere; see --help)
+# OUT_DIR (or --out DIR, or $OUT) may be relative to the directory you call it from.
+# Writes OUT_DIR/device_check.{json,md} after every section, OUT_DIR/device_check.log, nvidia_smi.csv.
+# Output format: docs/device_check.md. Exit: 0 all checks pass, 1 a check failed, 2 usage / no GPU.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-
-OUT_DIR="${1:-${OUT:-}}"
-if [[ -z "$OUT_DIR" ]]; then
-    echo "device_check.sh: give an output directory (argument or \$OUT)" >&2
-    exit 2
-fi
-shift || true
-mkdir -p "$OUT_DIR"
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 PY="${PYTHON:-}"
 if [[ -z "$PY" ]]; then
-    if [[ -x .venv/bin/python ]]; then PY=.venv/bin/python; else PY=python3; fi
+    if [[ -x "$HERE/.venv/bin/python" ]]; then PY="$HERE/.venv/bin/python"; else PY=python3; fi
 fi
-# The package may not be installed on the device machine: import it from the tree.
+# One parser (device_check.py's): resolve OUT_DIR from the caller's directory before anything else.
+for arg in "$@"; do
+    if [[ "$arg" == "-h" || "$arg" == "--help" ]]; then exec "$PY" "$HERE/benchmarks/device_check.py" --help; fi
+done
+OUT_DIR="$("$PY" "$HERE/benchmarks/device_check.py" "$@" --resolve-out)" || exit 2
+mkdir -p "$OUT_DIR"
+
+# The packages may not be installed on the device machine: the pipeline section imports quantart
+# from the tree (the kernel and cuda_mem modules are loaded from their files).
 PKG_DIR="$(mktemp -d)"
-trap 'rm -rf "$PKG_DIR"' EXIT
-ln -s "$PWD/runtime" "$PKG_DIR/quantart_runtime"
-ln -s "$PWD/quantart" "$PKG_DIR/quantart"
+trap 'rm -rf "$PKG_DIR" "$OUT_DIR/triton_cache"' EXIT
+ln -s "$HERE/quantart" "$PKG_DIR/quantart"
 export PYTHONPATH="$PKG_DIR${PYTHONPATH:+:$PYTHONPATH}"
 unset TRITON_INTERPRET
 export TRITON_CACHE_DIR="${TRITON_CACHE_DIR:-$OUT_DIR/triton_cache}"
 export TRITON_DEFAULT_FP_FUSION="${TRITON_DEFAULT_FP_FUSION:-0}"
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$OUT_DIR/nvidia_smi.csv" 2>&1 || true
-# 470 s hard stop: the script stops starting sections at 400 s and writes results after each one.
+# 470 s hard stop: the script stops starting sections after --budget-s (default 400 s) and has
+# written its results after each one.
 status=0
-timeout --signal=TERM --kill-after=10 470 "$PY" benchmarks/device_check.py --out "$OUT_DIR" --budget-s 400 "$@" \
+timeout --signal=TERM --kill-after=10 470 "$PY" "$HERE/benchmarks/device_check.py" "$@" --out "$OUT_DIR" \
     2>&1 | tee "$OUT_DIR/device_check.log" || status=${PIPESTATUS[0]}
-rm -rf "$OUT_DIR/triton_cache"
 exit "$status"

@@ -4,29 +4,24 @@ from __future__ import annotations
 
 import numpy as np
 
-PSNR_CAP_DB = 100.0  # identical images: reported as this, so the JSON stays finite
+from quantart_runtime.util import PSNR_CAP_DB, psnr_uint8
 
-
-def psnr_db(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR over all pixels of two uint8 image stacks (peak 255)."""
-    if a.shape != b.shape:
-        raise ValueError(f"psnr: shapes differ {a.shape} vs {b.shape}")
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    if mse == 0.0:
-        return PSNR_CAP_DB
-    return min(PSNR_CAP_DB, 10.0 * np.log10(255.0**2 / mse))
+__all__ = ["PSNR_CAP_DB", "compare", "token_agreement"]
 
 
 def token_agreement(a: np.ndarray, b: np.ndarray) -> float:
-    """Percentage of equal codebook indices."""
+    """Percentage (0..100) of equal codebook indices in ``a`` and ``b``; ``ValueError`` if shapes differ."""
     if a.shape != b.shape:
         raise ValueError(f"token agreement: shapes differ {a.shape} vs {b.shape}")
     return float(np.mean(a == b) * 100.0)
 
 
 def compare(reference_npz, candidate_npz) -> dict:
-    """{psnr_db, token_agreement_pct, pairs} of a worker's fidelity outputs against the reference."""
+    """Compare a worker's fidelity outputs (npz with ``images`` uint8 and ``tokens``) with the reference's.
+
+    Returns ``{psnr_db, token_agreement_pct, pairs}`` (PSNR of the uint8 images, peak 255, capped at
+    ``PSNR_CAP_DB``). Raises ``ValueError`` when the shapes differ, ``OSError`` on unreadable files."""
     with np.load(reference_npz) as ref, np.load(candidate_npz) as cand:
-        return {"psnr_db": psnr_db(ref["images"], cand["images"]),
+        return {"psnr_db": psnr_uint8(ref["images"], cand["images"]),
                 "token_agreement_pct": token_agreement(ref["tokens"], cand["tokens"]),
                 "pairs": int(ref["images"].shape[0])}

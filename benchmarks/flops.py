@@ -42,7 +42,7 @@ def measure_peak_flops(device: str = "cpu", dtype: str = "fp32", n: int | None =
     """Achievable FLOP/s of a large square matmul on `device` (best of repeated timings)."""
     import torch
 
-    tdtype = torch.float16 if dtype == "fp16" else torch.float32
+    tdtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(dtype, torch.float32)
     dev = torch.device(device)
     n = n or (2048 if dev.type == "cpu" else 8192)
     if dev.type == "cuda":

@@ -45,6 +45,7 @@ def _gpus() -> list[dict]:
 
 
 def load_average() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages (``None`` where the OS has none)."""
     try:
         return [round(x, 2) for x in os.getloadavg()]
     except OSError:
@@ -52,6 +53,7 @@ def load_average() -> list[float] | None:
 
 
 def hardware_info() -> dict:
+    """CPU model, logical/physical cores, memory (GiB) and NVIDIA GPUs (name, memory, driver)."""
     try:
         import psutil
         physical = psutil.cpu_count(logical=False)
@@ -68,6 +70,7 @@ def hardware_info() -> dict:
 
 
 def software_info() -> dict:
+    """Python, the versions of the relevant packages that are installed, CUDA/cuDNN of torch if any."""
     versions = {name: _version(name) for name in (
         "quantart", "torch", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxscript", "numpy", "pillow",
         "triton", "tensorrt", "cuda-python")}
@@ -92,4 +95,5 @@ def software_info() -> dict:
 
 
 def now_utc() -> str:
+    """The current UTC time, ISO 8601 to the second."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")

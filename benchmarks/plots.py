@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 
 from quantart_runtime.util.atomic import write_bytes
+
 from .report import BACKEND_ORDER, PART_LABELS, PARTS
 
 
@@ -14,6 +15,7 @@ def _save(fig, path) -> None:
 
 
 def throughput_plot(report: dict, path) -> None:
+    """PNG at ``path``: images/s against batch size, one line per backend, resolution and cache mode."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -43,6 +45,7 @@ def throughput_plot(report: dict, path) -> None:
 
 
 def breakdown_plot(report: dict, path) -> None:
+    """PNG at ``path``: stacked per-graph latency (p50) per backend, resolution and batch."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

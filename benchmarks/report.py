@@ -6,13 +6,15 @@ import json
 
 from quantart_runtime.util.atomic import write_text
 
-BACKEND_ORDER = ("torch-fp32", "torch-fp16", "torch-compile", "ort-cpu", "ort-cuda", "ort-trt", "tensorrt-fp16")
+BACKEND_ORDER = ("torch-fp32", "torch-fp16", "torch-bf16", "torch-compile", "ort-cpu", "ort-cuda", "ort-trt",
+                 "tensorrt-fp16", "openvino-fp32", "openvino-bf16", "openvino-plan")
 PARTS = ("content_encoder", "style_encoder", "sga", "decoder", "pre_post")
 PART_LABELS = {"content_encoder": "content enc", "style_encoder": "style enc", "sga": "SGA",
                "decoder": "decoder", "pre_post": "pre/post"}
 
 
 def write_json(report: dict, path) -> None:
+    """Write ``report`` as JSON to ``path`` atomically. Raises ``OSError``."""
     write_text(path, json.dumps(report, indent=1, sort_keys=False) + "\n")
 
 
@@ -108,14 +110,15 @@ def _targets_table(report: dict) -> list[str]:
     lines = ["| Target (§4) | Measured | Threshold | Status | Note |", "|---|---|---|---|---|"]
     for t in report.get("targets", []):
         unit = t["unit"].replace(" (max)", "")
-        thr = ("≤ " if "(max)" in t["unit"] else "≥ ") + f"{t['threshold']:g}{unit}"
+        thr = "–" if t["threshold"] is None else ("≤ " if "(max)" in t["unit"] else "≥ ") + f"{t['threshold']:g}{unit}"
         val = "–" if t["value"] is None else f"{t['value']:.2f}{unit}"
-        mark = {"pass": "✅ pass", "miss": "❌ miss", "n/a": "n/a"}[t["status"]]
+        mark = {"pass": "✅ pass", "miss": "❌ miss", "n/a": "n/a", "reported": "reported"}[t["status"]]
         lines.append(f"| {t['target']} | {val} | {thr} | {mark} | {t['note']} |")
     return lines
 
 
 def markdown(report: dict) -> str:
+    """The Markdown report: environment, targets, results, latency breakdown, FLOPs and roofline tables."""
     hw, sw, st = report["hardware"], report["software"], report["settings"]
     gpus = ", ".join(g["name"] for g in hw.get("gpus", [])) or "none"
     versions = ", ".join(f"{k} {v}" for k, v in sw.get("versions", {}).items())
@@ -157,4 +160,5 @@ def markdown(report: dict) -> str:
 
 
 def write_markdown(report: dict, path) -> None:
+    """Write :func:`markdown` of ``report`` to ``path`` atomically. Raises ``OSError``."""
     write_text(path, markdown(report))

@@ -1,5 +1,7 @@
 """The exported-model backends under test, driven through quantart_runtime (no torch here):
-ONNX Runtime CPU, ONNX Runtime CUDA, ONNX Runtime's TensorRT provider, native TensorRT FP16.
+ONNX Runtime CPU, ONNX Runtime CUDA, ONNX Runtime's TensorRT provider, native TensorRT FP16, and
+OpenVINO on the CPU: FP32, every graph BF16 (forced, not verified) and the verified precision plan
+(``quantart verify``; verified once on this CPU, then cached).
 
 Same bench interface as torch_backends.TorchBench (see worker.py)."""
 from __future__ import annotations
@@ -18,6 +20,9 @@ RUNTIME_BACKENDS = {
     "ort-cuda": ("onnxruntime", [CUDA, CPU], "fp32"),
     "ort-trt": ("onnxruntime", [TRT, CUDA, CPU], "fp32"),
     "tensorrt-fp16": ("tensorrt", None, "fp16"),
+    "openvino-fp32": ("openvino", None, "fp32"),
+    "openvino-bf16": ("openvino", None, "bf16"),
+    "openvino-plan": ("openvino", None, "plan"),
 }
 
 
@@ -35,6 +40,8 @@ def availability(name: str, manifest: dict | None) -> tuple[bool, str]:
         from quantart_runtime.backends import get_runner_class
     except ImportError as exc:
         return False, f"quantart_runtime cannot be imported ({exc})"
+    if backend == "openvino":
+        return _openvino_availability(precision, manifest)
     if manifest is not None and precision not in (manifest.get("graphs") or {}):
         return False, (f"the model directory has no {precision} graphs "
                        f"(export with --precision {precision} or both)")
@@ -56,6 +63,25 @@ def availability(name: str, manifest: dict | None) -> tuple[bool, str]:
     return True, ""
 
 
+def _openvino_availability(precision: str, manifest: dict | None) -> tuple[bool, str]:
+    from quantart_runtime.backends import get_runner_class
+
+    try:
+        ok, reason = get_runner_class("openvino").is_available()
+    except Exception as exc:  # an import failure is a reason to skip
+        return False, f"{type(exc).__name__}: {exc}"
+    if not ok:
+        return False, reason
+    if precision != "fp32":
+        from quantart_runtime.backends.openvino import cpu_capabilities, cpu_name
+
+        if "BF16" not in cpu_capabilities():
+            return False, f"this CPU ({cpu_name()}) has no BF16 units (OpenVINO reports no BF16)"
+    if precision == "plan" and manifest is not None and not manifest.get("verification_data"):
+        return False, "the model directory has no verification data (re-export it) for a verified plan"
+    return True, ""
+
+
 class RuntimeBench:
     """Stylization through quantart_runtime.Stylizer on one backend."""
 
@@ -67,13 +93,33 @@ class RuntimeBench:
         self.stylizer = None
 
     def setup(self) -> dict:
+        """Load the Stylizer on this backend; returns info (device, precision, runtime backend, providers,
+        threads). Raises the runtime's ``ModelError`` / ``BackendError``.
+        """
         from quantart_runtime import Stylizer
 
-        self.stylizer = Stylizer.load(self.model_dir, backend=self.backend, device=self.device_index,
-                                      providers=self.providers, precision=self.precision)
+        if self.backend == "openvino":
+            options = {}
+            if self.precision == "plan":
+                from quantart_runtime.verify import plan_for
+
+                result = plan_for(self.model_dir, "openvino", "bf16")
+                options = {"plan": result.plan}
+                precision = None
+            else:
+                precision = self.precision
+            self.stylizer = Stylizer.load(self.model_dir, backend="openvino", precision=precision, **options)
+        else:
+            self.stylizer = Stylizer.load(self.model_dir, backend=self.backend, device=self.device_index,
+                                          providers=self.providers, precision=self.precision)
         runner = self.stylizer.runner
-        info = {"device": "cpu" if self.providers == [CPU] else f"cuda:{self.device_index}",
+        on_cpu = self.providers == [CPU] or self.backend == "openvino"
+        info = {"device": "cpu" if on_cpu else f"cuda:{self.device_index}",
                 "precision": self.precision, "runtime_backend": runner.name}
+        if self.backend == "openvino":
+            info["plan"] = dict(runner.plan)
+            info["keep_fp32"] = list(runner.keep_fp32)
+            info["threads"] = runner.num_threads
         for attr in ("providers", "intra_op_threads"):
             if hasattr(runner, attr):
                 value = getattr(runner, attr)
@@ -81,22 +127,28 @@ class RuntimeBench:
         return info
 
     def sync(self) -> None:  # runner.infer returns host arrays: every call is synchronous
+        """Nothing to wait for: ``runner.infer`` returns host arrays, so every call is synchronous."""
         return None
 
     def reset_device_peak(self) -> None:
+        """No device memory counter through the runtime: nothing to reset."""
         return None
 
     def device_peak_mb(self) -> float | None:
+        """Device memory peak: not measurable through the runtime, ``None``."""
         return None
 
     # -- the pipeline -------------------------------------------------------------------------
     def encode_style(self, style_u8: np.ndarray):
+        """Encode the HWC uint8 style image at ``STYLE_SIZE``; returns the runtime's StyleCode."""
         return self.stylizer.encode_style(style_u8, size=STYLE_SIZE)
 
     def stylize(self, contents: list[np.ndarray], style) -> list[np.ndarray]:
+        """Stylize the HWC uint8 ``contents`` (one batch) with ``style`` (image or StyleCode); HWC uint8 out."""
         return self.stylizer.stylize(contents, style, batch_size=len(contents), style_size=STYLE_SIZE)
 
     def fidelity(self, content_u8: np.ndarray, style_u8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One (content, style) pair -> (HWC uint8 image, SGA output tokens (h, w) int64)."""
         st = self.stylizer
         code = st.encode_style(style_u8, size=STYLE_SIZE)
         x = st.preprocess([content_u8])
@@ -125,9 +177,11 @@ class RuntimeBench:
         }
 
     def graph_call_counts(self) -> dict:
+        """How many times each graph has run so far (the Stylizer's counters)."""
         return dict(self.stylizer.graph_calls)
 
     def close(self) -> None:
+        """Release the Stylizer (sessions, engines); safe to call twice."""
         if self.stylizer is not None:
             self.stylizer.close()
             self.stylizer = None

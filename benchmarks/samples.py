@@ -31,10 +31,12 @@ def sample_paths(kind: str, assets: Path = ASSETS) -> list[Path]:
 
 
 def content_images(size: int, assets: Path = ASSETS) -> list[np.ndarray]:
+    """The sample content images (assets/content/*.jpg) as size×size HWC uint8 arrays."""
     return [_read_rgb(p, size) for p in sample_paths("content", assets)]
 
 
 def style_images(size: int = STYLE_SIZE, assets: Path = ASSETS) -> list[np.ndarray]:
+    """The sample style images (assets/style/*.jpg) as size×size HWC uint8 arrays."""
     return [_read_rgb(p, size) for p in sample_paths("style", assets)]
 
 

@@ -14,16 +14,16 @@ import argparse
 import asyncio
 import io
 import json
-import os
 import socket
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 from PIL import Image
+
+from quantart_runtime.util import write_json
 
 
 def sample_images(count: int, size: int, seed: int = 0) -> list[bytes]:
@@ -102,18 +102,14 @@ def run_load(base_url: str, contents: list[bytes], *, style_id: str | None = Non
 
 
 def write_report(report: dict, path) -> Path:
-    """Atomic JSON write."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(report, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
-    return path
+    """Write ``report`` as JSON to ``path`` atomically (parents created); returns the path.
+
+    Raises ``OSError`` when the file cannot be written."""
+    return write_json(path, report)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` that is free now (the OS picks it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
@@ -132,6 +128,9 @@ def _wait_healthy(base_url: str, timeout_s: float = 120.0) -> None:
 
 
 def main(argv=None) -> int:
+    """Command line entry: start the service (``--model``) or use ``--url``, run the load, print and
+    write the report; returns the exit code.
+    """
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--url", help="a running service")

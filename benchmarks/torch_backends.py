@@ -1,4 +1,6 @@
-"""The torch backends under test: eager FP32 (the reference), FP16 and torch.compile (GPU only).
+"""The torch backends under test: eager FP32 (the reference), FP16 and torch.compile (GPU only), and
+torch-bf16: eager with CPU autocast to bfloat16 (oneDNN; convolutions and matmuls BF16, GroupNorm and
+softmax FP32 by autocast's rules) -- the peer a torch user would try first on a BF16 CPU.
 
 Each exposes the bench interface the worker drives (see worker.py): setup(), encode_style(),
 stylize(), graph_calls(), fidelity(), sync(), device_peak_mb().
@@ -13,6 +15,7 @@ GRAPHS = ("content_encoder", "style_encoder", "sga", "decoder")
 
 
 def cuda_available() -> bool:
+    """Whether torch sees a CUDA device."""
     import torch
     return torch.cuda.is_available()
 
@@ -44,21 +47,26 @@ class TorchBench:
     def __init__(self, name: str, checkpoint, device: str | None = None):
         self.name = name
         self.checkpoint = checkpoint
-        self.precision = "fp16" if name == "torch-fp16" else "fp32"
+        self.precision = {"torch-fp16": "fp16", "torch-bf16": "bf16"}.get(name, "fp32")
+        self.autocast = name == "torch-bf16"
         self.compiled = name == "torch-compile"
         self.device_kind = device
         self.model = None
 
     # -- life cycle ---------------------------------------------------------------------------
     def setup(self) -> dict:
+        """Load the checkpoint as a StyleTransfer on the device (FP16 / torch.compile as the backend name
+        says); returns info (device, precision). Raises the checkpoint loader's errors.
+        """
         import torch
+
         from quantart import load_model
 
         self.torch = torch
         if self.device_kind is None:
             self.device_kind = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(self.device_kind)
-        self.dtype = torch.float16 if self.precision == "fp16" else torch.float32
+        self.dtype = torch.float16 if self.precision == "fp16" else torch.float32   # bf16: autocast
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = False
             torch.backends.cudnn.allow_tf32 = False
@@ -71,6 +79,15 @@ class TorchBench:
         self.encode_real = model.encode_real
         self.stylize_latent = model.stylize_latent
         self.decode = model.decode
+        if self.autocast:
+            def bf16(fn):
+                def run(*args, **kwargs):
+                    with torch.autocast(self.device.type, dtype=torch.bfloat16):
+                        return fn(*args, **kwargs)
+                return run
+
+            self.content_latent, self.encode_real = bf16(model.content_latent), bf16(model.encode_real)
+            self.stylize_latent, self.decode = bf16(model.stylize_latent), bf16(model.decode)
         if self.compiled:
             self.content_latent = torch.compile(model.content_latent)
             self.encode_real = torch.compile(model.encode_real)
@@ -79,14 +96,17 @@ class TorchBench:
         return {"device": str(self.device), "precision": self.precision, "compiled": self.compiled}
 
     def sync(self) -> None:
+        """Wait for the device's queued work (CUDA), so timings cover it."""
         if self.device.type == "cuda":
             self.torch.cuda.synchronize(self.device)
 
     def reset_device_peak(self) -> None:
+        """Reset the CUDA peak memory counter (no-op on CPU)."""
         if self.device.type == "cuda":
             self.torch.cuda.reset_peak_memory_stats(self.device)
 
     def device_peak_mb(self) -> float | None:
+        """Peak CUDA memory allocated since the last reset, in MiB (``None`` on CPU)."""
         if self.device.type == "cuda":
             return self.torch.cuda.max_memory_allocated(self.device) / 2**20
         return None
@@ -100,6 +120,7 @@ class TorchBench:
         return to_uint8(y.float().cpu().numpy())
 
     def encode_style(self, style_u8: np.ndarray) -> TorchStyleCode:
+        """Encode the HWC uint8 style image at ``STYLE_SIZE`` into a :class:`TorchStyleCode`."""
         with self.torch.inference_mode():
             quant_ref, _, _ = self.encode_real(self._to_tensor([style_u8]))
         return TorchStyleCode(quant_ref)
@@ -153,5 +174,6 @@ class TorchBench:
         }
 
     def close(self) -> None:
+        """Drop the model and free cached device memory."""
         self.model = None
 

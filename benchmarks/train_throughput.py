@@ -18,14 +18,14 @@ import torch
 
 def _step_fn(stage: str, spec: dict, device: str, tmp: Path):
     import quantart
-    from quantart.training import build_model
+    from quantart.training import build_training_model
 
     if stage == "stage2":
         m = spec["model"]
         vq = quantart.BaseVQGAN(m["ddconfig"], m["n_embed"], m["embed_dim"])
         path = quantart.save_model(vq, tmp / "vq")
         spec["model"] = {**m, "checkpoint_encoder": str(path), "checkpoint_decoder": str(path)}
-    model = build_model(spec).to(device)
+    model = build_training_model(spec).to(device)
     b, s = spec["batch_size"], spec["size"]
     x, ref = torch.rand(b, 3, s, s, device=device) * 2 - 1, torch.rand(b, 3, s, s, device=device) * 2 - 1
     if stage == "stage1":
@@ -36,11 +36,15 @@ def _step_fn(stage: str, spec: dict, device: str, tmp: Path):
         def step():
             xr, q = model(x)
             g, _ = model.loss(q, x, xr, 0, 10 ** 9, last_layer=model.get_last_layer())
-            opt_g.zero_grad(); g.backward(); opt_g.step()
+            opt_g.zero_grad()
+            g.backward()
+            opt_g.step()
             with torch.no_grad():
                 xr, q = model(x)
             d, _ = model.loss(q, x, xr, 1, 10 ** 9)
-            opt_d.zero_grad(); d.backward(); opt_d.step()
+            opt_d.zero_grad()
+            d.backward()
+            opt_d.step()
     else:
         for p in model.frozen_parameters():
             p.requires_grad = False
@@ -53,15 +57,24 @@ def _step_fn(stage: str, spec: dict, device: str, tmp: Path):
                 qr = model.encode_real(ref)[0]
             qx, qy, diff, _ = model.stylize_latent(h, qr)
             g, _, _ = model.loss(diff, qr, qy, qx.detach(), 0, 10 ** 9)
-            opt_g.zero_grad(); g.backward(); opt_g.step()
+            opt_g.zero_grad()
+            g.backward()
+            opt_g.step()
             with torch.no_grad():
                 _, qy, diff, _ = model.stylize_latent(h, qr)
             d, _ = model.loss(diff, qr, qy, qx.detach(), 1, 10 ** 9)
-            opt_d.zero_grad(); d.backward(); opt_d.step()
+            opt_d.zero_grad()
+            d.backward()
+            opt_d.step()
     return step
 
 
 def measure(stage: str, preset_name: str, device: str, steps: int, warmup: int = 2) -> dict:
+    """Time ``steps`` training steps (one generator and one discriminator update each) of ``stage``
+    with preset ``preset_name`` on ``device`` after ``warmup`` steps
+    returns s/step, images/s and
+    the memory peak (CUDA allocated or process RSS).
+    """
     from quantart.training import preset
 
     spec = preset(stage, preset_name)
@@ -72,7 +85,8 @@ def measure(stage: str, preset_name: str, device: str, steps: int, warmup: int =
         for _ in range(warmup):
             step()
         if device == "cuda":
-            torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
         t = time.perf_counter()
         for _ in range(steps):
             step()
@@ -88,6 +102,9 @@ def measure(stage: str, preset_name: str, device: str, steps: int, warmup: int =
 
 
 def main(argv=None):
+    """Print one JSON line per (preset, device, stage) measured: tiny on CPU, official on CPU with
+    ``--official``, official on CUDA when present.
+    """
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--official", action="store_true", help="also the official config on CPU")

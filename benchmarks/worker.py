@@ -9,11 +9,12 @@ Imports only numpy/Pillow until the backend itself is set up (a runtime backend 
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 import traceback
 from pathlib import Path
+
+from quantart_runtime.util import atomic_open, one_line, write_json
 
 from .measure import max_rss_mb, rss_mb, summarize, time_calls
 from .samples import STYLE_SIZE, content_batch, fidelity_pairs, style_images, style_variants
@@ -22,6 +23,7 @@ GRAPH_PARTS = ("content_encoder", "style_encoder", "sga", "decoder", "pre_post")
 
 
 def make_backend(spec: dict):
+    """The bench object of ``spec['backend']``: TorchBench for ``torch-*``, else RuntimeBench."""
     name = spec["backend"]
     if name.startswith("torch-"):
         from .torch_backends import TorchBench
@@ -30,12 +32,11 @@ def make_backend(spec: dict):
     return RuntimeBench(name, spec["model_dir"])
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:400]
-
-
 def measure_e2e(bench, spec: dict, res: int, batch: int, mode: str, baseline_mb: float) -> dict:
+    """Time end-to-end stylization at ``res``² × ``batch`` with the style cache ``mode`` (on: one encoded
+    style reused; off: a new style variant per call); returns the run record (latency summary,
+    first-call time, memory).
+    """
     warmup, iters = int(spec["warmup"]), int(spec["iters"])
     assets = Path(spec["assets"])
     contents = content_batch(res, batch, assets)
@@ -54,6 +55,7 @@ def measure_e2e(bench, spec: dict, res: int, batch: int, mode: str, baseline_mb:
 
 
 def measure_graphs(bench, spec: dict, res: int, batch: int) -> dict:
+    """Time each graph (and pre/post-processing) alone at ``res``² × ``batch``; returns the record."""
     warmup, iters = int(spec["warmup"]), int(spec["iters"])
     assets = Path(spec["assets"])
     calls = bench.graph_calls(content_batch(res, batch, assets), style_images(STYLE_SIZE, assets)[0])
@@ -66,6 +68,9 @@ def measure_graphs(bench, spec: dict, res: int, batch: int) -> dict:
 
 
 def run_fidelity(bench, spec: dict) -> dict:
+    """Stylize the sample (content, style) pairs and save images and tokens to ``spec['fidelity_out']``
+    (npz, atomically); returns ``{file, pairs}``.
+    """
     import numpy as np
 
     images, tokens = [], []
@@ -74,13 +79,16 @@ def run_fidelity(bench, spec: dict) -> dict:
         images.append(image)
         tokens.append(tok)
     out = Path(spec["fidelity_out"])
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, images=np.stack(images), tokens=np.stack(tokens))
-    os.replace(tmp, out)
+    with atomic_open(out) as f:
+        np.savez(f, images=np.stack(images), tokens=np.stack(tokens))
     return {"file": str(out), "pairs": len(images)}
 
 
 def run(spec: dict) -> dict:
+    """Set up the backend of ``spec`` and measure everything it asks for; returns the result dict
+    (``status`` ok/failed, runs, graphs, errors, fidelity, memory). Errors of one configuration are
+    recorded and the others still run.
+    """
     result = {"backend": spec["backend"], "status": "ok", "error": None, "runs": [], "graphs": [],
               "errors": [], "fidelity": None}
     result["baseline_rss_mb"] = rss_mb()
@@ -89,7 +97,7 @@ def run(spec: dict) -> dict:
     try:
         result["info"] = bench.setup()
     except Exception as exc:
-        result.update(status="failed", error=f"setup: {_one_line(exc)}", build_s=None)
+        result.update(status="failed", error=f"setup: {one_line(exc, with_type=True)}", build_s=None)
         return result
     result["build_s"] = time.perf_counter() - t0
     result["after_setup_rss_mb"] = rss_mb()
@@ -99,19 +107,19 @@ def run(spec: dict) -> dict:
             try:
                 result["fidelity"] = run_fidelity(bench, spec)
             except Exception as exc:
-                result["errors"].append(f"fidelity: {_one_line(exc)}")
+                result["errors"].append(f"fidelity: {one_line(exc, with_type=True)}")
         for res in spec["resolutions"]:
             for batch in spec["batch_sizes"]:
                 for mode in spec["style_cache"]:
                     try:
                         result["runs"].append(measure_e2e(bench, spec, res, batch, mode, baseline))
                     except Exception as exc:
-                        result["errors"].append(f"{res}px batch {batch} cache {mode}: {_one_line(exc)}")
+                        result["errors"].append(f"{res}px batch {batch} cache {mode}: {one_line(exc, with_type=True)}")
                 if spec.get("graph_breakdown", True):
                     try:
                         result["graphs"].append(measure_graphs(bench, spec, res, batch))
                     except Exception as exc:
-                        result["errors"].append(f"{res}px batch {batch} graphs: {_one_line(exc)}")
+                        result["errors"].append(f"{res}px batch {batch} graphs: {one_line(exc, with_type=True)}")
         if hasattr(bench, "graph_call_counts"):
             result["graph_call_counts"] = bench.graph_call_counts()
     finally:
@@ -123,6 +131,9 @@ def run(spec: dict) -> dict:
 
 
 def main(argv=None) -> int:
+    """``python -m quantart_benchmarks.worker SPEC.json RESULT.json``: run and write the result
+    atomically; returns 0 (a failure is recorded in the result), 2 on a bad command line.
+    """
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 2:
         print("usage: python -m quantart_benchmarks.worker SPEC.json RESULT.json", file=sys.stderr)
@@ -132,11 +143,8 @@ def main(argv=None) -> int:
         result = run(spec)
     except Exception as exc:
         traceback.print_exc()
-        result = {"backend": spec.get("backend"), "status": "failed", "error": _one_line(exc)}
-    out = Path(argv[1])
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, out)
+        result = {"backend": spec.get("backend"), "status": "failed", "error": one_line(exc, with_type=True)}
+    write_json(Path(argv[1]), result, indent=1)
     return 0
 
 

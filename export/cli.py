@@ -6,7 +6,9 @@ Errors are one line on stderr; progress goes to stderr, the verification table t
 """
 from __future__ import annotations
 
+import logging
 import sys
+import warnings
 
 import click
 
@@ -85,6 +87,9 @@ def main(checkpoint, out_dir, config, precision, opset, min_res, opt_res, max_re
     content_encoder, style_encoder, sga and decoder graphs (Stage 1: encoder and decoder) and manifest.json."""
     from .pipeline import ExportError, VerificationError, export_model
 
+    # errors are exactly one line on stderr: library warnings (torch.load, onnx export) are silenced
+    warnings.simplefilter("ignore")
+    logging.getLogger("torch").setLevel(logging.ERROR)
     try:
         path = export_model(checkpoint, out_dir=out_dir, config=config, precision=precision, opset=opset,
                             min_res=min_res, opt_res=opt_res, max_res=max_res, max_batch=max_batch,

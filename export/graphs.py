@@ -40,6 +40,7 @@ class ContentEncoderGraph(_Graph):
         self.encoder, self.quant_conv = model.encoder, model.quant_conv
 
     def forward(self, image):
+        """image (B, 3, H, W) float32 in [−1, 1] -> content_latent (B, D, H/stride, W/stride) float32."""
         h = self.quant_conv(self.encoder(_boundary_in(image, self.compute_dtype)))
         return h.float()
 
@@ -55,6 +56,9 @@ class StyleEncoderGraph(_Graph):
         self.register_buffer("codebook", model.quantize_dec.embedding.weight.detach().float().clone())
 
     def forward(self, image):
+        """image (B, 3, Hs, Ws) float32 in [−1, 1] -> (style_latent (B, D, hs, ws) float32, style_indices
+        (B, hs, ws) int64).
+        """
         h = self.quant_conv(self.encoder(_boundary_in(image, self.compute_dtype)))
         return nearest_code(h.float(), self.codebook)
 
@@ -75,6 +79,9 @@ class SGAGraph(_Graph):
         self.register_buffer("codebook_dec", model.quantize_dec.embedding.weight.detach().float().clone())
 
     def forward(self, content_latent, style_latent, content_ratio, output_ratio):
+        """(content_latent, style_latent, content_ratio (1,), output_ratio (1,)) -> (stylized_latent
+        (B, D, h, w) float32, indices (B, h, w) int64); see the class docstring for the fusion.
+        """
         dtype = self.compute_dtype
         quant_x, _ = nearest_code(content_latent, self.codebook_enc, content_ratio)
         h_y = self.sga(_boundary_in(quant_x, dtype), _boundary_in(style_latent, dtype))
@@ -89,6 +96,7 @@ class DecoderGraph(_Graph):
         self.post_quant_conv, self.decoder = model.post_quant_conv, model.decoder
 
     def forward(self, latent):
+        """latent (B, D, h, w) float32 -> image (B, 3, h·stride, w·stride) float32 (not clamped)."""
         return self.decoder(self.post_quant_conv(_boundary_in(latent, self.compute_dtype))).float()
 
 
@@ -103,6 +111,7 @@ class Stage1EncoderGraph(_Graph):
         self.register_buffer("codebook", model.quantize.embedding.weight.detach().float().clone())
 
     def forward(self, image):
+        """image (B, 3, H, W) float32 in [−1, 1] -> (latent (B, D, h, w) float32, indices (B, h, w) int64)."""
         h = self.quant_conv(self.encoder(_boundary_in(image, self.compute_dtype)))
         return nearest_code(h.float(), self.codebook)
 
@@ -116,6 +125,7 @@ class TensorSpec:
     shape: tuple
 
     def as_dict(self) -> dict:
+        """The manifest.json form: ``{"name", "dtype", "shape"}`` (shape as a list)."""
         return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
 
 

@@ -1,11 +1,10 @@
 """manifest.json of an exported model directory (docs/model_format.md)."""
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 from importlib import metadata
 from pathlib import Path
+
+from quantart_runtime.util import sha256_file, write_json
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -14,15 +13,8 @@ DEFAULT_PROFILE = {"opt_res": 256, "max_res": 1024, "max_batch": 32}  # min_res 
 
 
 def graph_file(name: str, precision: str) -> str:
+    """The file name of graph ``name`` in ``precision`` (``sga.onnx``, ``sga.fp16.onnx``)."""
     return name + GRAPH_SUFFIX[precision]
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def checkpoint_digest(path: Path) -> str:
@@ -40,16 +32,30 @@ def _version(dist: str) -> str | None:
 
 
 def library_versions() -> dict:
+    """Installed versions of torch, onnx, onnxscript, onnxruntime and quantart (``None`` if absent)."""
     return {name: _version(name) for name in ("torch", "onnx", "onnxscript", "onnxruntime", "quantart")}
 
 
 def graph_entry(spec, precision: str, path: Path) -> dict:
+    """The manifest entry of one written graph file: file name, sha256, precision, inputs and outputs."""
     return {"file": path.name, "sha256": sha256_file(path), "precision": precision,
             "inputs": [t.as_dict() for t in spec.inputs], "outputs": [t.as_dict() for t in spec.outputs]}
 
 
+def _geometry(cfg: dict, stride: int) -> dict | None:
+    """The ``geometry`` field (``quantart_runtime.memory.Geometry``): per resolution level its stride,
+    channels and whether it attends, and the SGA blocks; ``None`` for a config it cannot read."""
+    from quantart_runtime.memory import Geometry
+
+    try:
+        return Geometry.from_config(cfg, stride).as_dict()
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def build_manifest(model, graphs: dict, *, opset: int, profile: dict, checkpoint: Path, options: dict,
-                   verification: dict | None) -> dict:
+                   verification: dict | None,
+                   verification_data: list | None = None) -> dict:
     """graphs: {precision: {graph name: entry}} (entries from `graph_entry`)."""
     cfg = model.config
     stride = int(model.stride)
@@ -59,6 +65,7 @@ def build_manifest(model, graphs: dict, *, opset: int, profile: dict, checkpoint
         "latent_stride": stride,
         "embed_dim": int(cfg["embed_dim"]),
         "n_embed": int(cfg["n_embed"]),
+        "geometry": _geometry(cfg, stride),   # levels, channels, attention: the runtime's memory bound
         "resolution_rule": {"multiple_of": stride, "min": stride},
         "opset": opset,
         "graphs": graphs,
@@ -69,12 +76,10 @@ def build_manifest(model, graphs: dict, *, opset: int, profile: dict, checkpoint
         "architecture": cfg,
         "options": options,
         "verification": verification,
+        "verification_data": verification_data,
     }
 
 
 def write_manifest(directory: Path, manifest: dict) -> Path:
-    path = directory / MANIFEST_NAME
-    tmp = directory / f".{MANIFEST_NAME}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    """Write ``manifest`` as ``directory/manifest.json`` atomically; returns its path. Raises ``OSError``."""
+    return write_json(directory / MANIFEST_NAME, manifest)

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import warnings
 from pathlib import Path
 
 import onnx
 import torch
 from torch.export import Dim
+
+from quantart_runtime.util import atomic_open, one_line
 
 from .graphs import GraphSpec
 
@@ -50,6 +51,9 @@ def _dim(name: str, stride: int) -> Dim:
 
 
 def example_inputs(spec: GraphSpec, stride: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """Tracing inputs of ``spec``: random tensors in [−1, 1] (ratios 0.75) with the distinct example
+    sizes of ``EXAMPLE_BATCH`` / ``EXAMPLE_LATENT`` (image sides × ``stride``); deterministic by ``seed``.
+    """
     g = torch.Generator().manual_seed(seed)
     args = []
     for t in spec.inputs:
@@ -62,6 +66,9 @@ def example_inputs(spec: GraphSpec, stride: int, seed: int = 0) -> tuple[torch.T
 
 
 def dynamic_shapes(spec: GraphSpec, stride: int) -> dict:
+    """torch.export dynamic shapes of ``spec``'s inputs: ``{input name: {axis: Dim}}`` with one shared
+    ``Dim`` per symbolic name (``None`` for an input without symbolic axes).
+    """
     dims: dict[str, Dim] = {}
     out = {}
     for t in spec.inputs:
@@ -113,8 +120,7 @@ def check_graph(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
         onnx.checker.check_model(model, full_check=True)
         return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise GraphExportError(f"{name}: the exported graph fails the ONNX checks: {first}") from None
+        raise GraphExportError(f"{name}: the exported graph fails the ONNX checks: {one_line(exc)}") from None
 
 
 def export_graph(spec: GraphSpec, module: torch.nn.Module, path: Path, *, stride: int, opset: int,
@@ -130,14 +136,12 @@ def export_graph(spec: GraphSpec, module: torch.nn.Module, path: Path, *, stride
                 output_names=[t.name for t in spec.outputs], dynamic_shapes=dynamic_shapes(spec, stride),
                 opset_version=opset, optimize=True, verbose=False, external_data=False)
         except Exception as exc:  # the exporter raises many types; report them as one line
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise GraphExportError(f"{spec.name} ({precision}): torch.onnx export failed: {first}") from exc
+            raise GraphExportError(f"{spec.name} ({precision}): torch.onnx export failed: {one_line(exc)}") from exc
     model = program.model_proto
     _name_dims(model, spec)
     model.producer_name = "quantart-export"
     onnx.helper.set_model_props(model, {"quantart.graph": spec.name, "quantart.precision": precision})
     check_graph(model, f"{spec.name} ({precision})")
-    tmp = path.with_name(f".{path.name}.tmp")
-    onnx.save_model(model, str(tmp))
-    os.replace(tmp, path)
+    with atomic_open(path) as f:
+        f.write(model.SerializeToString())
     return model

@@ -95,6 +95,57 @@ def _check_resolutions(resolutions, stride: int) -> list[tuple[int, int]]:
     return out
 
 
+OWNER_FILE = ".quantart-export.pid"   # in a temp directory: the exporting process (removed before the rename)
+STALE_UNOWNED_S = 60.0                # a temp directory without an owner file is stale after this
+
+
+def _owner_alive(tmp: Path) -> bool:
+    try:
+        pid = int((tmp / OWNER_FILE).read_text().strip())
+    except (OSError, ValueError):
+        return time.time() - tmp.lstat().st_mtime < STALE_UNOWNED_S
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale_exports(out_dir: Path) -> list[Path]:
+    """Remove the temp directories (``.{name}.*.tmp`` / ``.old``) that a killed export to ``out_dir``
+    left beside it, unless their exporting process is still running. Returns what was removed."""
+    from quantart_runtime.util.atomic import clean_stale
+
+    out_dir = Path(out_dir)
+    if not out_dir.parent.is_dir():
+        return []
+    live = [p for pattern in (f".{out_dir.name}.*.tmp", f".{out_dir.name}.*.old")
+            for p in out_dir.parent.glob(pattern) if p.is_dir() and _owner_alive(p)]
+    if live:  # another export to the same directory is running: leave its files alone
+        return []
+    return clean_stale(out_dir)
+
+
+def _check_inputs_outside(out_dir: Path, inputs) -> None:
+    """``out_dir`` would be replaced as a whole: refuse when it is or holds one of ``inputs``."""
+    try:
+        target = out_dir.resolve()
+    except (OSError, RuntimeError):
+        return
+    for item in inputs:
+        if item is None or isinstance(item, dict):
+            continue
+        try:
+            path = Path(item).resolve()
+        except (OSError, RuntimeError):
+            continue
+        if path == target or target in path.parents:
+            raise ExportError(f"{out_dir}: holds the input {item}; --force would delete it "
+                              f"(choose another --out)")
+
+
 def _make_temp_dir(out_dir: Path) -> Path:
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -102,6 +153,7 @@ def _make_temp_dir(out_dir: Path) -> Path:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the model directory is read by other users
+        (tmp / OWNER_FILE).write_text(str(os.getpid()))
         return tmp
     except OSError as exc:
         raise ExportError(f"{out_dir}: cannot write the output directory here: "
@@ -109,13 +161,16 @@ def _make_temp_dir(out_dir: Path) -> Path:
 
 
 def _move_into_place(tmp: Path, out_dir: Path) -> None:
+    from quantart_runtime.util.atomic import replace
+
+    (tmp / OWNER_FILE).unlink(missing_ok=True)
     if out_dir.exists() or out_dir.is_symlink():
         old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent))
-        os.replace(out_dir, old / "replaced")
-        os.replace(tmp, out_dir)
+        replace(out_dir, old / "replaced")
+        replace(tmp, out_dir)
         shutil.rmtree(old, ignore_errors=True)
     else:
-        os.replace(tmp, out_dir)
+        replace(tmp, out_dir)
 
 
 def export_model(checkpoint, out_dir=None, config=None, precision: str = "fp32", opset: int | None = None,
@@ -143,6 +198,9 @@ def export_model(checkpoint, out_dir=None, config=None, precision: str = "fp32",
         raise ExportError(f"{out_dir}: already exists (pass --force to replace it)")
     if out_dir.exists() and not out_dir.is_dir():
         raise ExportError(f"{out_dir}: exists and is not a directory")
+    if out_dir.exists():
+        _check_inputs_outside(out_dir, [checkpoint, config])
+    clean_stale_exports(out_dir)
 
     from .onnx_export import DEFAULT_OPSET
     from .verify import DEFAULT_RESOLUTIONS, DEFAULT_THRESHOLDS
@@ -161,6 +219,9 @@ def export_model(checkpoint, out_dir=None, config=None, precision: str = "fp32",
     tmp = _make_temp_dir(out_dir)
     try:
         written, entries = _export_into(tmp, model, precisions, opset, stride, log)
+        from .reference import write_reference_data
+
+        reference_data = write_reference_data(tmp, model, resolutions)  # for `quantart verify`
         verification = None
         if verify:
             from .verify import format_table, verify_graphs
@@ -184,7 +245,7 @@ def export_model(checkpoint, out_dir=None, config=None, precision: str = "fp32",
                    "config": None if config is None or isinstance(config, dict) else str(config),
                    "verify_res": [f"{h}x{w}" for h, w in resolutions] if verify else None}
         manifest = build_manifest(model, entries, opset=opset, profile=profile, checkpoint=checkpoint,
-                                  options=options, verification=verification)
+                                  options=options, verification=verification, verification_data=reference_data)
         write_manifest(tmp, manifest)
         _move_into_place(tmp, out_dir)
     except BaseException:

@@ -22,6 +22,7 @@ class FP32GroupNorm(nn.GroupNorm):
 
     @classmethod
     def from_module(cls, gn: nn.GroupNorm) -> "FP32GroupNorm":
+        """A copy of ``gn`` (same groups, eps, affine parameters as FP32 tensors, frozen)."""
         new = cls(gn.num_groups, gn.num_channels, eps=gn.eps, affine=gn.affine)
         if gn.affine:
             new.weight = nn.Parameter(gn.weight.detach().float().clone(), requires_grad=False)
@@ -29,6 +30,7 @@ class FP32GroupNorm(nn.GroupNorm):
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """GroupNorm of ``x`` computed in FP32; the result has ``x``'s dtype."""
         w = None if self.weight is None else self.weight.float()
         b = None if self.bias is None else self.bias.float()
         return F.group_norm(x.float(), self.num_groups, w, b, self.eps).to(x.dtype)

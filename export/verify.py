@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from quantart_runtime.util import psnr_unit
+
 DEFAULT_THRESHOLDS = {
     "fp32_latent_max_abs": 1e-3,
     "fp32_token_agreement": 0.999,
@@ -28,6 +30,9 @@ SAMPLES_DIR = Path(__file__).resolve().parent.parent / "assets"
 
 @dataclass
 class Check:
+    """One verification result: a metric of one graph (or the chain) at one precision and resolution,
+    its value and threshold (``None``: reported, not judged).
+    """
     precision: str
     resolution: str
     graph: str
@@ -38,6 +43,7 @@ class Check:
 
     @property
     def passed(self) -> bool:
+        """Whether the value meets the threshold (always true when only reported; NaN fails)."""
         if self.threshold is None:
             return True
         if math.isnan(self.value):
@@ -77,13 +83,8 @@ def sample_images(height: int, width: int, samples_dir: Path = SAMPLES_DIR) -> t
     return _load_images(samples_dir / "content", height, width), _load_images(samples_dir / "style", height, width)
 
 
-def psnr_db(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR of images in [-1, 1] (peak-to-peak 2)."""
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10.0 * math.log10(4.0 / mse)
-
-
 def agreement(a: np.ndarray, b: np.ndarray) -> float:
+    """Fraction (0..1) of equal elements of ``a`` and ``b`` (token agreement)."""
     return float(np.mean(a == b))
 
 
@@ -125,7 +126,7 @@ class _Judge:
         self._add(graph, name, agreement(ours, ref), "token_agreement", True, judged)
 
     def image(self, graph, ours, ref, judged=True):
-        self._add(graph, "image PSNR dB", psnr_db(ours, ref), "psnr_db", True, judged)
+        self._add(graph, "image PSNR dB", psnr_unit(ours, ref, cap=None), "psnr_db", True, judged)
 
 
 def _ratio(v: float) -> np.ndarray:

@@ -7,9 +7,10 @@ import importlib
 import click
 
 SUBCOMMANDS = {
-    "demo": ("quantart.training.demo:demo", "Train a tiny model on the sample images and stylize them."),
+    "demo": ("quantart.training.demo:demo", "Stylize the sample images with the shipped demo model; metrics, grids."),
     "train": ("quantart.training.cli:train", "Train Stage 1 (VQGAN) or Stage 2 (style transfer)."),
     "stylize": ("quantart_runtime.cli:stylize", "Stylize images with an exported model (no torch)."),
+    "verify": ("quantart_runtime.verify_cli:verify", "Verify a backend's precision per graph; make a precision plan."),
     "stylize-dataset": ("quantart_runtime.cluster.cli:stylize_dataset", "Stylize a dataset on Ray Data."),
     "serve": ("quantart_runtime.cluster.cli:serve", "Serve stylization over HTTP on Ray Serve."),
     "bench": ("quantart_benchmarks.cli:bench", "Benchmark backends: speed, memory, fidelity."),
@@ -17,10 +18,21 @@ SUBCOMMANDS = {
 
 
 class LazyGroup(click.Group):
+    """A click group whose subcommands are imported only when invoked (see ``SUBCOMMANDS``).
+
+    A subcommand whose extra is not installed still appears in ``--help`` and, when run, fails with one
+    line naming the missing package and the extra to install.
+    """
     def list_commands(self, ctx):
+        """The subcommand names, sorted (nothing is imported)."""
         return sorted(SUBCOMMANDS)
 
     def get_command(self, ctx, name):
+        """Import and return the click command ``name``; ``None`` for an unknown name.
+
+        When its module cannot be imported (an extra is missing) it returns a stand-in command that
+        exits with a ``ClickException`` naming the missing package.
+        """
         if name not in SUBCOMMANDS:
             return None
         target, _ = SUBCOMMANDS[name]
@@ -40,6 +52,7 @@ class LazyGroup(click.Group):
             return unavailable
 
     def format_commands(self, ctx, formatter):
+        """Write the ``Commands`` section of ``--help`` from the static descriptions (no imports)."""
         rows = [(n, SUBCOMMANDS[n][1]) for n in self.list_commands(ctx)]
         with formatter.section("Commands"):
             formatter.write_dl(rows)

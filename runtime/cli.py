@@ -1,30 +1,32 @@
 """`quantart stylize`: stylize files, directories or globs with an exported model (no torch).
 
-Exit codes: 0 all done (or skipped); 1 some files failed (each reported with its name and reason,
-the others still written); 2 the model directory, backend, style image, output directory or
-arguments are unusable (one line on stderr, nothing processed).
+The work itself is ``quantart_runtime.core`` (shared with the Ray Data job and the service); this
+module adds the file pipeline (decode the next window while one runs, write in the background), the
+progress bar and the exit codes: 0 all done (or skipped); 1 some files failed (each reported with its
+name and reason, the others still written); 2 the model directory, backend, style image, output
+directory or arguments are unusable (one line on stderr, nothing processed); 130 interrupted (the
+summary counts the files written before the interruption).
 """
 from __future__ import annotations
 
+import logging
 import sys
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import click
 
+from .core import OUTPUT_FORMATS, StylizeCore, check_writable, failure_reason
 from .errors import ImageError, ModelError
-from .files import OUTPUT_EXTENSIONS, collect_inputs, overwritten_input, plan_outputs
-from .images import check_min_size, fit_max_side, load_image, save_image
+from .files import collect_inputs, overwritten_input, plan_outputs
+from .images import save_image
+from .util.errors import one_line
 
 
 def _fail_setup(message: str):
-    click.echo(f"error: {message}", err=True)
+    click.echo(f"error: {one_line(message)}", err=True)
     sys.exit(2)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 class _Run:
@@ -35,62 +37,70 @@ class _Run:
         self.done = self.failed = self.skipped = 0
 
     def fail(self, name, reason: str) -> None:
+        """Count and report one failed item."""
         self.failed += 1
         self.bar.write(f"failed: {name}: {reason}", file=sys.stderr)
         self.bar.update(1)
 
     def ok(self) -> None:
+        """Count one written output."""
         self.done += 1
         self.bar.update(1)
 
     def skip(self) -> None:
+        """Count one skipped item (its output exists)."""
         self.skipped += 1
         self.bar.update(1)
 
     def summary(self) -> str:
+        """The summary line."""
         return f"done {self.done}, failed {self.failed}, skipped {self.skipped}"
 
 
-def _load(job, max_side, stride):
-    """-> (job, image or None, reason or None); runs in a worker thread."""
+def _prepare(core, job):
+    """-> (job, Prepared or None, reason or None); runs in a worker thread."""
     try:
-        image = fit_max_side(load_image(job.source), max_side)
-        check_min_size(image.shape[0], image.shape[1], stride)
-        return job, image, None
-    except ImageError as exc:
-        return job, None, str(exc)
-    except MemoryError:
-        return job, None, "image too large to decode in memory"
+        return job, core.prepare(job.source), None
+    except Exception as exc:  # noqa: BLE001 - the error policy: reported for this file
+        return job, None, failure_reason(exc)
 
 
 def _save(job, image, quality):
+    """-> (job, reason or None); runs in a worker thread."""
     try:
-        job.output.parent.mkdir(parents=True, exist_ok=True)
         save_image(image, job.output, quality=quality)
         return job, None
-    except (OSError, ValueError) as exc:
-        return job, f"cannot write {job.output}: {_one_line(exc)}"
+    except Exception as exc:  # noqa: BLE001 - the error policy
+        return job, f"cannot write {job.output}: {failure_reason(exc)}"
 
 
-def _stylize_window(stylizer, loaded, code, options, run):
-    """Stylize one window of loaded images; a failing batch is retried image by image so that one
-    bad input cannot take the others down."""
-    images = [img for _, img in loaded]
+def _drain(futures, run, wait: bool):
+    """Report finished writes; with ``wait`` all of them. Returns those still running."""
+    pending = []
+    for f in futures:
+        if wait or f.done():
+            if f.cancelled():
+                continue
+            job, reason = f.result()
+            if reason is None:
+                run.ok()
+            else:
+                run.fail(job.source, reason)
+        else:
+            pending.append(f)
+    return pending
+
+
+def _quiet_libraries() -> None:
+    """Errors are one line on stderr: library warnings and log chatter are silenced here."""
+    warnings.simplefilter("ignore")
+    logging.getLogger().setLevel(logging.ERROR)
     try:
-        return list(zip([job for job, _ in loaded], stylizer.stylize(images, code, **options)))
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except Exception:
+        import onnxruntime
+
+        onnxruntime.set_default_logger_severity(3)
+    except ImportError:
         pass
-    results = []
-    for job, img in loaded:
-        try:
-            results.append((job, stylizer.stylize(img, code, **options)))
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except Exception as exc:
-            run.fail(job.source, f"stylization failed: {_one_line(exc)}")
-    return results
 
 
 @click.command("stylize")
@@ -101,40 +111,57 @@ def _stylize_window(stylizer, loaded, code, options, run):
 @click.argument("contents", nargs=-1, required=True)
 @click.option("--out-dir", "-o", type=click.Path(path_type=Path), default=Path("stylized"), show_default=True,
               help="Output directory (a directory input keeps its sub-folders). Must not overwrite an input.")
-@click.option("--ext", type=click.Choice(["same", *OUTPUT_EXTENSIONS]), default="same", show_default=True,
+@click.option("--ext", type=click.Choice(OUTPUT_FORMATS), default="same", show_default=True,
               help="Output format; 'same' keeps a PNG/JPEG/WebP input's extension, else PNG.")
 @click.option("--quality", type=click.IntRange(1, 100), default=95, show_default=True, help="JPEG/WebP quality.")
-@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "tensorrt", "cpu"]), default="auto",
-              show_default=True, help="auto: TensorRT if available, else ONNX Runtime (CUDA, else CPU); "
+@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "tensorrt", "openvino", "cpu"]), default="auto",
+              show_default=True, help="auto: TensorRT, else ONNX Runtime CUDA, else OpenVINO with the model's "
+                                      "verified precision plan on this CPU, else ONNX Runtime CPU FP32; "
                                       "cpu: ONNX Runtime on the CPU.")
 @click.option("--device", type=click.IntRange(min=0), default=0, show_default=True, help="GPU index.")
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
+@click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto", show_default=True,
+              help="auto: fp32, or the verified per-graph plan on OpenVINO; bf16 runs on OpenVINO.")
+@click.option("--verbose", "-v", is_flag=True, help="Say which backend and precision were chosen and why.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
-              help="Images per graph call (images of equal padded size are batched). Default: by image size.")
+              help="Images per graph call (images of equal padded size are batched; never more than the "
+                   "memory budget holds). Default: by image size.")
 @click.option("--content-ratio", type=click.FloatRange(0.0, 1.0), default=1.0, show_default=True,
               help="Discrete-continuous fusion of the SGA input (1 = fully quantized).")
 @click.option("--output-ratio", type=click.FloatRange(0.0, 1.0), default=1.0, show_default=True,
               help="Discrete-continuous fusion of the SGA output (1 = fully quantized).")
 @click.option("--max-side", type=click.IntRange(min=0), default=None,
               help="Downscale contents whose longer side exceeds N pixels (aspect kept; the output has the "
-                   "downscaled size). Default: the model's max_res; 0: never.")
+                   "downscaled size). Default: the model's max_res. Contents above the memory limit are "
+                   "always downscaled to it; 0: never resize (such contents fail instead).")
+@click.option("--memory-budget", default=None, metavar="BYTES|FRACTION",
+              help="Peak working memory a request may use: bytes (6G, 512M) or a fraction of the available "
+                   "memory (0.3). Default: $QUANTART_MEMORY_BUDGET, else half the available memory.")
 @click.option("--style-size", type=click.IntRange(min=1), default=256, show_default=True,
-              help="The style image's shorter side is resized to this before encoding.")
+              help="The style image's shorter side is resized to this before encoding (its longer side "
+                   "to at most 4 times this).")
 @click.option("--skip-existing", is_flag=True, help="Skip contents whose output file already exists.")
 @click.option("--recursive/--no-recursive", default=True, show_default=True,
               help="Search directories recursively.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 def stylize(model_dir, style_path, contents, out_dir, ext, quality, backend, device, precision, batch_size,
-            content_ratio, output_ratio, max_side, style_size, skip_existing, recursive, progress):
+            content_ratio, output_ratio, max_side, memory_budget, style_size, skip_existing, recursive, progress,
+            verbose):
     """Stylize CONTENT images (files, directories or globs) with an exported model.
 
     Transparent images are composited on white. Exit code 1 if any file failed, 2 if the model,
-    style image or output directory is unusable.
+    style image or output directory is unusable, 130 if interrupted.
     """
     from tqdm import tqdm
 
+    from .memory import parse_budget
     from .stylizer import Stylizer
 
+    _quiet_libraries()
+    if memory_budget is not None:
+        try:
+            parse_budget(memory_budget)
+        except ValueError as exc:
+            _fail_setup(str(exc))
     jobs, missing = collect_inputs(contents, recursive=recursive)
     if not jobs and not missing:
         _fail_setup(f"no images found in {', '.join(contents)}")
@@ -144,7 +171,12 @@ def stylize(model_dir, style_path, contents, out_dir, ext, quality, backend, dev
     clash = overwritten_input(jobs, [style_path])
     if clash:
         _fail_setup(f"output {clash[0]} would overwrite the input {clash[1]}; choose another --out-dir or --ext")
+    try:
+        check_writable(out_dir)
+    except OSError as exc:
+        _fail_setup(f"cannot write to output directory {out_dir}: {exc.strerror or one_line(exc)}")
 
+    precision = None if precision == "auto" else precision
     try:
         if backend == "cpu":
             stylizer = Stylizer.load(model_dir, backend="onnxruntime", device=device,
@@ -153,17 +185,20 @@ def stylize(model_dir, style_path, contents, out_dir, ext, quality, backend, dev
             stylizer = Stylizer.load(model_dir, backend=backend, device=device, precision=precision)
     except ModelError as exc:
         _fail_setup(str(exc))
-    try:
-        code = stylizer.encode_style(load_image(style_path), size=style_size)
-    except ImageError as exc:
-        _fail_setup(f"style image {style_path}: {exc}")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        _fail_setup(f"cannot create output directory {out_dir}: {exc.strerror or exc}")
+    if verbose:
+        click.echo(f"backend: {stylizer.backend}, precision: {stylizer.precision}"
+                   + (f" ({stylizer.reason})" if stylizer.reason else ""), err=True)
     if max_side is None:
         max_side = stylizer.max_res
-    options = dict(content_ratio=content_ratio, output_ratio=output_ratio, batch_size=batch_size)
+    try:
+        core = StylizeCore(stylizer, None, content_ratio=content_ratio, output_ratio=output_ratio,
+                           batch_size=batch_size, max_side=max_side or None, resize=max_side != 0,
+                           style_size=style_size, memory_budget=memory_budget)
+        core.code = core.encode_style(style_path)
+    except ImageError as exc:
+        _fail_setup(f"style image {style_path}: {exc}")
+    except Exception as exc:  # noqa: BLE001 - a style that cannot be encoded: one line, exit 2
+        _fail_setup(f"style image {style_path}: {failure_reason(exc)}")
 
     bar = tqdm(total=len(jobs) + len(missing), unit="img", disable=not progress, file=sys.stderr,
                dynamic_ncols=True)
@@ -179,46 +214,38 @@ def stylize(model_dir, style_path, contents, out_dir, ext, quality, backend, dev
     window = max(8, 2 * (batch_size or 8))
     windows = [todo[i:i + window] for i in range(0, len(todo), window)]
     interrupted = False
+    writing: list = []
     with ThreadPoolExecutor(max_workers=2) as pool:
         try:
-            loading = [pool.submit(_load, j, max_side, stylizer.stride) for j in windows[0]] if windows else []
-            writing = []
+            loading = [pool.submit(_prepare, core, j) for j in windows[0]] if windows else []
             for k in range(len(windows)):
                 current = [f.result() for f in loading]
                 if k + 1 < len(windows):   # decode the next window while this one runs
-                    loading = [pool.submit(_load, j, max_side, stylizer.stride) for j in windows[k + 1]]
-                loaded = []
-                for job, image, reason in current:
+                    loading = [pool.submit(_prepare, core, j) for j in windows[k + 1]]
+                ready = []
+                for job, prepared, reason in current:
                     if reason is not None:
                         run.fail(job.source, reason)
                     else:
-                        loaded.append((job, image))
-                if loaded:
-                    for job, out in _stylize_window(stylizer, loaded, code, options, run):
-                        writing.append(pool.submit(_save, job, out, quality))
+                        ready.append((job, prepared))
+                results = core.stylize_many([p.image for _, p in ready])
+                for (job, _), result in zip(ready, results):
+                    if isinstance(result, BaseException):
+                        run.fail(job.source, failure_reason(result))
+                    else:
+                        writing.append(pool.submit(_save, job, result, quality))
                 writing = _drain(writing, run, wait=False)
-            _drain(writing, run, wait=True)
+            writing = _drain(writing, run, wait=True)
         except KeyboardInterrupt:
             interrupted = True
             pool.shutdown(wait=True, cancel_futures=True)
+            try:  # count what was written before the interruption
+                writing = _drain([f for f in writing if f.done() and not f.cancelled()], run, wait=True)
+            except BaseException:  # noqa: BLE001 - a second Ctrl-C: report what we have
+                pass
     bar.close()
     stylizer.close()
     click.echo(run.summary() + (" (interrupted)" if interrupted else ""), err=True)
     if interrupted:
         sys.exit(130)
     sys.exit(1 if run.failed else 0)
-
-
-def _drain(futures, run, wait: bool):
-    """Report finished writes; with ``wait`` all of them. Returns those still running."""
-    pending = []
-    for f in futures:
-        if wait or f.done():
-            job, reason = f.result()
-            if reason is None:
-                run.ok()
-            else:
-                run.fail(job.source, reason)
-        else:
-            pending.append(f)
-    return pending

@@ -1,21 +1,22 @@
 """On-disk cache of serialized engines (TensorRT plans), safe for concurrent builders.
 
-An entry is keyed by everything that makes a plan reusable: the graph's sha256, the TensorRT version,
-the GPU name and compute capability, the optimization profile (and any extra fields the caller adds,
-e.g. the plugin kernel's source hash). Layout under the cache directory, per key:
+An entry is keyed by everything that makes a plan reusable (``KEY_FIELDS``, all required): the graph's
+sha256, the TensorRT version, the GPU name and compute capability, the CUDA driver version, the PTX
+ISA and Triton version of the embedded plugin kernel, the optimization profile, the workspace size
+and the builder flags (plus any extra fields the caller adds, e.g. the plugin's source hash; see
+``trt_engine.cache_fields``). Layout under the cache directory, per key:
 
     <key>.plan   the serialized engine
     <key>.json   metadata: the key fields and the plan's sha256 (written last: it commits the entry)
     <key>.lock   file lock held while building
 
-Both files are written atomically (temporary file in the same directory + os.replace). A plan whose
+Both files are written atomically (``quantart_runtime.util.write_bytes``). A plan whose
 sha256 does not match, whose metadata disagrees with the key, or that the caller's loader rejects
 (e.g. TensorRT cannot deserialize it: another version) is rebuilt. The builder and loader are
 parameters, so the cache itself needs neither TensorRT nor a GPU.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any, Callable
@@ -23,9 +24,11 @@ from typing import Any, Callable
 from filelock import FileLock
 
 from .util.atomic import write_bytes
+from .util.digest import sha256_bytes
 
-CACHE_FORMAT = 1
-KEY_FIELDS = ("graph_sha256", "tensorrt_version", "gpu_name", "compute_capability", "profile")
+CACHE_FORMAT = 2
+KEY_FIELDS = ("graph_sha256", "tensorrt_version", "gpu_name", "compute_capability", "cuda_driver_version",
+              "ptx_version", "triton_version", "profile", "workspace_bytes", "builder_flags")
 
 
 def cache_key(fields: dict) -> str:
@@ -34,21 +37,29 @@ def cache_key(fields: dict) -> str:
     if missing:
         raise ValueError(f"engine cache key is missing {', '.join(missing)}")
     blob = json.dumps({"format": CACHE_FORMAT, **fields}, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()
+    return sha256_bytes(blob.encode())
 
 
-def atomic_write(path, data: bytes) -> None:
-    """Write `data` to `path` so that readers see either the old file or the whole new one."""
+def _write(path, data: bytes) -> None:
     write_bytes(path, data, fsync=True)
 
 
 class EngineCache:
+    """Serialized plans in ``directory`` (created if missing), keyed by ``cache_key(fields)``.
+
+    Args:
+        directory: the cache directory.
+        lock_timeout: seconds to wait for another process building the same key
+            (``filelock.Timeout`` after that).
+    """
+
     def __init__(self, directory, lock_timeout: float = 1800.0):
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.lock_timeout = lock_timeout
 
     def paths(self, key: str) -> tuple[Path, Path, Path]:
+        """(plan, metadata, lock) paths of ``key``."""
         return self.dir / f"{key}.plan", self.dir / f"{key}.json", self.dir / f"{key}.lock"
 
     def _read(self, key: str, fields: dict) -> bytes | None:
@@ -61,16 +72,16 @@ class EngineCache:
         expected = json.loads(json.dumps(fields, sort_keys=True, default=str))
         if not isinstance(meta, dict) or meta.get("format") != CACHE_FORMAT or meta.get("fields") != expected:
             return None
-        if meta.get("sha256") != hashlib.sha256(plan).hexdigest() or meta.get("size") != len(plan):
+        if meta.get("sha256") != sha256_bytes(plan) or meta.get("size") != len(plan):
             return None
         return plan
 
     def _write(self, key: str, fields: dict, plan: bytes) -> None:
         plan_p, meta_p, _ = self.paths(key)
         meta = {"format": CACHE_FORMAT, "fields": json.loads(json.dumps(fields, sort_keys=True, default=str)),
-                "sha256": hashlib.sha256(plan).hexdigest(), "size": len(plan)}
-        atomic_write(plan_p, plan)
-        atomic_write(meta_p, json.dumps(meta, sort_keys=True, indent=1).encode())
+                "sha256": sha256_bytes(plan), "size": len(plan)}
+        _write(plan_p, plan)
+        _write(meta_p, json.dumps(meta, sort_keys=True, indent=1).encode())
 
     def _try_load(self, key, fields, load: Callable[[bytes], Any]):
         plan = self._read(key, fields)
@@ -117,5 +128,6 @@ class EngineCache:
             return None
 
     def write_blob(self, name: str, data: bytes) -> None:
+        """Atomically replace side file ``name`` with ``data`` (under its own lock)."""
         with FileLock(str(self.dir / f"{name}.lock"), timeout=self.lock_timeout):
-            atomic_write(self.dir / name, data)
+            _write(self.dir / name, data)

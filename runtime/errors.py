@@ -14,3 +14,8 @@ class BackendError(ModelError):
 class ImageError(ValueError):
     """An input image cannot be used: unreadable, truncated, empty, not an image, above Pillow's
     decompression-bomb limit, smaller than one latent cell, or not an HxWx3 uint8 array."""
+
+
+class ImageTooLarge(ImageError):
+    """An image whose request would not fit the memory budget (``quantart_runtime.memory``) and that
+    may not be downscaled; the service answers 413."""

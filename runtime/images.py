@@ -25,10 +25,12 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .util.atomic import atomic_open
 from .errors import ImageError
+from .util.atomic import atomic_open
+from .util.errors import one_line
 
 WHITE = (255, 255, 255)
+STYLE_MAX_ASPECT = 4   # a style's long side is capped at this many times its requested short side
 SAVE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP",
                 ".tif": "TIFF", ".tiff": "TIFF"}
 
@@ -126,7 +128,7 @@ def load_image(source) -> np.ndarray:
     except PermissionError:
         raise ImageError("cannot read: permission denied") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        text = one_line(exc)
         if "truncated" in text.lower():
             raise ImageError(f"truncated image ({text})") from None
         raise ImageError(f"corrupt or unreadable image ({text})") from None
@@ -170,18 +172,25 @@ def padded_size(height: int, width: int, stride: int) -> tuple[int, int]:
 
 
 def check_min_size(height: int, width: int, stride: int) -> None:
+    """Raise ``ImageError`` when an image (its ORIGINAL size, before any downscale) is smaller than
+    one latent cell."""
     if height < stride or width < stride:
         raise ImageError(f"image is {width}x{height}, smaller than one latent cell ({stride}x{stride})")
 
 
-def style_size(height: int, width: int, size: int | None, stride: int) -> tuple[int, int]:
+def style_size(height: int, width: int, size: int | None, stride: int,
+               max_side: int | None = None) -> tuple[int, int]:
     """(H, W) for a style image: shorter side -> ``size`` keeping the aspect ratio (``None`` keeps
-    the image's scale), each side then rounded to the nearest multiple of ``stride`` (at least one)."""
+    the image's scale); a longer side above ``max_side`` is scaled down to it (the shorter side
+    follows); each side then rounded to the nearest multiple of ``stride`` (at least one)."""
     if size is None:
         h, w = float(height), float(width)
     else:
         scale = size / min(height, width)
         h, w = height * scale, width * scale
+    if max_side and max(h, w) > max_side:
+        cap = max_side / max(h, w)
+        h, w = h * cap, w * cap
     return max(stride, int(round(h / stride)) * stride), max(stride, int(round(w / stride)) * stride)
 
 

@@ -6,11 +6,14 @@ problem raises ``ModelError`` with a one-line reason naming the directory.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 from .errors import ModelError
+from .util.digest import sha256_file
+
+__all__ = ["GRAPHS", "PRECISIONS", "SUPPORTED_FORMAT_VERSIONS", "graph_names", "graph_path", "load_manifest",
+           "sha256_file", "verified_digests"]
 
 SUPPORTED_FORMAT_VERSIONS = (1,)
 PRECISIONS = ("fp32", "fp16")
@@ -18,14 +21,6 @@ GRAPHS = {
     "stage2": ("content_encoder", "style_encoder", "sga", "decoder"),
     "stage1": ("encoder", "decoder"),
 }
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _positive_int(manifest: dict, key: str, where: str) -> int:
@@ -40,6 +35,9 @@ def load_manifest(model_dir, precision: str | None = "fp32", verify: bool = True
 
     ``precision``: the graph set that will be used ("fp32" or "fp16"); its graphs must be listed and
     present (and, with ``verify``, match their sha256). ``None`` checks every precision listed.
+    Each file is hashed once; the digests are kept under the manifest's private ``"_sha256"`` key
+    ({file name: sha256}, see ``verified_digests``) so later steps (the TensorRT engine cache key)
+    do not hash the files again. Raises ``ModelError`` with a one-line reason.
     """
     root = Path(model_dir)
     where = f"model {root}"
@@ -83,6 +81,7 @@ def load_manifest(model_dir, precision: str | None = "fp32", verify: bool = True
                          f"--precision {precision} or both")
     else:
         wanted = [precision]
+    digests: dict[str, str] = {}
     for prec in wanted:
         listed = graphs[prec]
         if not isinstance(listed, dict):
@@ -101,10 +100,17 @@ def load_manifest(model_dir, precision: str | None = "fp32", verify: bool = True
                 if not isinstance(expected, str):
                     raise ModelError(f"{where}: manifest has no sha256 for {entry['file']}")
                 actual = sha256_file(file)
+                digests[entry["file"]] = actual
                 if actual != expected.lower():
                     raise ModelError(f"{where}: {entry['file']} does not match its sha256 in manifest.json "
                                      f"(corrupt or modified file; re-export the model)")
+    manifest["_sha256"] = digests
     return manifest
+
+
+def verified_digests(manifest: dict) -> dict[str, str]:
+    """{graph file name: sha256} computed by ``load_manifest(verify=True)`` (empty without verify)."""
+    return dict(manifest.get("_sha256") or {})
 
 
 def graph_path(model_dir, manifest: dict, precision: str, graph: str) -> Path:
@@ -116,4 +122,5 @@ def graph_path(model_dir, manifest: dict, precision: str, graph: str) -> Path:
 
 
 def graph_names(manifest: dict) -> tuple[str, ...]:
+    """The graph names a manifest of its kind must list (``GRAPHS[kind]``)."""
     return GRAPHS[manifest["kind"]]

@@ -21,12 +21,14 @@ from typing import Sequence
 import numpy as np
 
 from . import images as im
-from .backends import select_backend
-from .errors import ImageError, ModelError
+from .backends import choose_backend, select_backend
+from .errors import ImageError, ImageTooLarge, ModelError
 from .manifest import load_manifest
+from .memory import Geometry, SizePolicy, resolve_budget
 
 PIXEL_BUDGET = 1024 * 1024   # default batch: about this many padded pixels per graph call
 STYLE_CACHE_SIZE = 32
+DEVICE_VALUE_CACHE = 8     # (style, batch) and ratio values kept on the device
 
 
 @dataclass(frozen=True, eq=False)
@@ -70,34 +72,50 @@ class Stylizer:
         profile = manifest.get("profile") or {}
         self.max_batch = int(profile.get("max_batch") or 32)
         self.max_res = profile.get("max_res")
+        # the one size policy (quantart_runtime.memory): peak working memory within a budget
+        self.size_policy = SizePolicy(Geometry.from_manifest(manifest), resolve_budget())
         self.graph_calls: Counter = Counter()
+        self.precision = getattr(runner, "precision", "fp32")   # what runs (load() may say a plan)
+        self.reason = ""                                          # why load() chose this backend
         self.style_cache_size = style_cache_size
         self._styles: OrderedDict[tuple, StyleCode] = OrderedDict()
+        self._device_values: OrderedDict = OrderedDict()   # device_style / device_ratio uploads
         self._lock = threading.Lock()
 
     # -- construction ----------------------------------------------------------------------
     @classmethod
     def load(cls, model_dir, backend: str = "auto", device: int = 0, providers=None,
-             precision: str = "fp32", verify: bool = True, style_cache_size: int = STYLE_CACHE_SIZE,
+             precision: str | None = None, verify: bool = True, style_cache_size: int = STYLE_CACHE_SIZE,
              **options) -> "Stylizer":
         """Validate ``model_dir`` (manifest format, graph files, sha256) and start ``backend``.
 
-        backend: "auto" (TensorRT if available, else ONNX Runtime CUDA, else CPU), "onnxruntime" or
-        "tensorrt". ``providers`` (ONNX Runtime) and other ``options`` go to the Runner.
+        backend: "auto" (TensorRT > ONNX Runtime CUDA > OpenVINO with this model's verified precision
+        plan on this CPU > ONNX Runtime CPU FP32; see ``backends.choose_backend``), "onnxruntime",
+        "tensorrt" or "openvino". precision: None (auto: fp32, or the verified OpenVINO plan),
+        "fp32", "fp16" or "bf16" (OpenVINO). ``providers`` (ONNX Runtime) and other ``options`` go
+        to the Runner. ``stylizer.backend`` / ``precision`` / ``reason`` say what was chosen and why.
         Raises ``ModelError`` (``BackendError`` for backend problems) with a one-line reason.
         """
-        manifest = load_manifest(model_dir, precision=precision, verify=verify)
+        manifest = load_manifest(model_dir, precision=precision if precision in ("fp32", "fp16") else "fp32",
+                                 verify=verify)
         if manifest["kind"] != "stage2":
             raise ModelError(f"model {model_dir}: a {manifest['kind']} export has no style transfer "
                              f"graphs; stylization needs a Stage 2 model")
-        runner_cls = select_backend(backend)
         if providers is not None:
             options["providers"] = providers
-        runner = runner_cls(Path(model_dir), manifest, precision=precision, device=device, **options)
+        choice = choose_backend(model_dir, backend, precision, device, **options)
+        runner_cls = select_backend(choice.backend)
+        runner = runner_cls(Path(model_dir), manifest, precision=choice.graph_precision, device=device,
+                            **choice.options)
         runner.activate()
-        return cls(runner, manifest, style_cache_size=style_cache_size)
+        stylizer = cls(runner, manifest, style_cache_size=style_cache_size)
+        stylizer.precision, stylizer.reason = choice.precision, choice.reason
+        return stylizer
 
     def close(self) -> None:
+        """Free the runner's sessions / engines and the values kept on the device."""
+        with self._lock:
+            self._device_values.clear()
         self.runner.deactivate()
 
     def __enter__(self):
@@ -112,9 +130,44 @@ class Stylizer:
         return self.runner.name
 
     # -- the graphs, one call each ---------------------------------------------------------
-    def _infer(self, graph: str, feeds: dict) -> dict:
+    def _infer(self, graph: str, feeds: dict, host_outputs: bool = True) -> dict:
         self.graph_calls[graph] += 1
-        return self.runner.infer(graph, feeds)
+        return self.runner.infer(graph, feeds, host_outputs=host_outputs)
+
+    def device_style(self, style: StyleCode, batch: int):
+        """The style latent as the runner's native value, broadcast to ``batch`` on the device.
+
+        Uploaded once per style (one H2D copy) and broadcast there (``Runner.broadcast``); the last
+        few (style, batch) values are kept, so a run of batches reuses them without any copy.
+        """
+        with self._lock:
+            for key in ((style, batch), (style, 1)):
+                if key in self._device_values:
+                    self._device_values.move_to_end(key)
+            value = self._device_values.get((style, batch))
+            if value is not None:
+                return value
+            one = self._device_values.get((style, 1))
+            if one is None:
+                one = self._device_values[(style, 1)] = self.runner.to_device(style.latent)
+            value = one if batch == 1 else self.runner.broadcast(one, batch)
+            self._device_values[(style, batch)] = value
+            while len(self._device_values) > DEVICE_VALUE_CACHE:
+                self._device_values.popitem(last=False)
+            return value
+
+    def device_ratio(self, value, name: str):
+        """A ratio input (1,) float32 as the runner's native value, uploaded once per value."""
+        host = _ratio(value, name)
+        key = ("ratio", float(host[0]))
+        with self._lock:
+            dev = self._device_values.get(key)
+            if dev is None:
+                dev = self._device_values[key] = self.runner.to_device(host)
+            self._device_values.move_to_end(key)
+            while len(self._device_values) > DEVICE_VALUE_CACHE:
+                self._device_values.popitem(last=False)
+            return dev
 
     def content_latent(self, x: np.ndarray) -> np.ndarray:
         """(B, 3, H, W) float32 in [-1, 1] -> continuous content latent (B, D, h, w)."""
@@ -138,15 +191,51 @@ class Stylizer:
         return self._infer("decoder", {"latent": latent})["image"]
 
     def run_graphs(self, x: np.ndarray, style: StyleCode, content_ratio=1.0, output_ratio=1.0) -> np.ndarray:
-        """Preprocessed batch -> decoded batch: content_encoder -> sga -> decoder (no pre/post)."""
-        h = self.content_latent(x)
-        y, _ = self.stylize_latent(h, style.batched(x.shape[0]), content_ratio, output_ratio)
-        return self.decode(y)
+        """Preprocessed batch -> decoded batch: content_encoder -> sga -> decoder (no pre/post).
+
+        The device data path: ``x`` is the one upload of the batch, the latents stay the runner's
+        native values (on the GPU: device memory) from graph to graph, the style code and the
+        ratios are uploaded once and reused (``device_style``, ``device_ratio``), and the decoded
+        batch is the one download.
+        """
+        h = self._infer("content_encoder", {"image": x}, host_outputs=False)["content_latent"]
+        y = self._infer("sga", {"content_latent": h, "style_latent": self.device_style(style, x.shape[0]),
+                                "content_ratio": self.device_ratio(content_ratio, "content_ratio"),
+                                "output_ratio": self.device_ratio(output_ratio, "output_ratio")},
+                        host_outputs=False)["stylized_latent"]
+        return self._infer("decoder", {"latent": y})["image"]
 
     # -- pre/post-processing ---------------------------------------------------------------
     def preprocess(self, contents: Sequence[np.ndarray]) -> np.ndarray:
         """Images of one padded size -> (B, 3, Hp, Wp) float32 in [-1, 1] (reflect-padded)."""
         return im.preprocess(contents, self.stride)
+
+    def _staged(self, contents: Sequence[np.ndarray], slot: int) -> np.ndarray:
+        """``preprocess`` into the runner's staging array of ``slot`` (pinned memory on GPU runners,
+        so the batch's one upload is an asynchronous DMA); a plain array elsewhere."""
+        x = self.preprocess(contents)
+        if not getattr(self.runner, "pinned_staging", False):
+            return x
+        buf = self.runner.staging(x.shape, x.dtype, slot)
+        buf[...] = x
+        return buf
+
+    def _prefetched(self, chunks: list, items: list):
+        """Yield (chunk, preprocessed batch), preprocessing batch n+1 in a worker thread while the
+        caller runs batch n (two staging slots alternate)."""
+        if len(chunks) <= 1:
+            for n, chunk in enumerate(chunks):
+                yield chunk, self._staged([items[i] for i in chunk], n % 2)
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="quantart-preprocess") as pool:
+            pending = pool.submit(self._staged, [items[i] for i in chunks[0]], 0)
+            for n, chunk in enumerate(chunks):
+                x = pending.result()
+                if n + 1 < len(chunks):
+                    pending = pool.submit(self._staged, [items[i] for i in chunks[n + 1]], (n + 1) % 2)
+                yield chunk, x
 
     @staticmethod
     def postprocess(batch: np.ndarray, sizes: Sequence[tuple[int, int]]) -> list[np.ndarray]:
@@ -173,7 +262,10 @@ class Stylizer:
             if code is not None:
                 self._styles.move_to_end(key)
                 return code
-        hs, ws = im.style_size(image.shape[0], image.shape[1], size, self.stride)
+        hs, ws = im.style_size(image.shape[0], image.shape[1], size, self.stride,
+                               max_side=None if size is None else im.STYLE_MAX_ASPECT * int(size))
+        hs, ws = self.size_policy.fit_style(hs, ws)   # the style encoder's memory, too
+        hs, ws = max(self.stride, hs // self.stride * self.stride), max(self.stride, ws // self.stride * self.stride)
         x = im.preprocess([im.resize(image, hs, ws)], self.stride)
         latent, indices = self.style_latent(x)
         code = StyleCode(np.ascontiguousarray(latent), np.ascontiguousarray(indices), (hs, ws), key[0])
@@ -185,13 +277,21 @@ class Stylizer:
         return code
 
     def clear_style_cache(self) -> None:
+        """Forget every encoded style (and the copies of styles kept on the device)."""
         with self._lock:
             self._styles.clear()
+            self._device_values.clear()
 
     # -- stylization -----------------------------------------------------------------------
+    def set_memory_budget(self, budget) -> None:
+        """Set the memory budget of requests (bytes, "6G", or a fraction "0.3" of the available
+        memory; ``None``: the default, see ``quantart_runtime.memory.resolve_budget``)."""
+        self.size_policy = SizePolicy(self.size_policy.geometry, resolve_budget(budget))
+
     def default_batch_size(self, height: int, width: int) -> int:
         hp, wp = im.padded_size(height, width, self.stride)
-        return max(1, min(self.max_batch, PIXEL_BUDGET // (hp * wp)))
+        return max(1, min(self.max_batch, PIXEL_BUDGET // (hp * wp),
+                          self.size_policy.max_batch(hp, wp)))
 
     def stylize(self, contents, style, content_ratio=1.0, output_ratio=1.0, batch_size: int | None = None,
                 style_size: int | None = 256):
@@ -217,15 +317,22 @@ class Stylizer:
             except ImageError as exc:
                 raise ImageError(f"{what}: {exc}") from None
         code = style if isinstance(style, StyleCode) else self.encode_style(style, size=style_size)
+        style_tokens = int(np.prod(code.latent.shape[2:]))
+        for i, img in enumerate(items):   # never an allocation the memory budget cannot hold
+            if not self.size_policy.fits(*img.shape[:2], 1, style_tokens):
+                raise ImageTooLarge(f"{'content image' if single else f'content image {i}'}: "
+                                    f"{img.shape[1]}x{img.shape[0]} needs more than the memory budget "
+                                    f"of {self.size_policy.budget / 2**30:.2f} GiB (largest side for this "
+                                    f"model: {self.size_policy.max_side(1, style_tokens)} px)")
         results: list = [None] * len(items)
         groups: dict[tuple[int, int], list[int]] = {}
         for i, img in enumerate(items):
             groups.setdefault(im.padded_size(*img.shape[:2], self.stride), []).append(i)
         for (hp, wp), members in groups.items():
-            step = min(int(batch_size) if batch_size else self.default_batch_size(hp, wp), self.max_batch)
-            for start in range(0, len(members), step):
-                chunk = members[start:start + step]
-                x = self.preprocess([items[i] for i in chunk])
+            step = min(int(batch_size) if batch_size else self.default_batch_size(hp, wp), self.max_batch,
+                       max(1, self.size_policy.max_batch(hp, wp, style_tokens)))
+            chunks = [members[start:start + step] for start in range(0, len(members), step)]
+            for chunk, x in self._prefetched(chunks, items):
                 y = self.run_graphs(x, code, content_ratio, output_ratio)
                 for i, out in zip(chunk, self.postprocess(y, [items[i].shape[:2] for i in chunk])):
                     results[i] = out

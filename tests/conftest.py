@@ -1,4 +1,9 @@
-"""Shared fixtures. Tests use only files in the repository (tests/data, assets) — never ../shared."""
+"""Shared fixtures. Tests use only files in the repository (tests/data, assets) — never ../shared.
+
+Each golden test checkpoint is exported once per test session, here, and shared by every module that
+needs it (export, runtime, cluster tests). The exports are read-only for the tests: a test that wants
+to break or edit a model directory copies it first.
+"""
 from __future__ import annotations
 
 import os
@@ -9,6 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"
 ASSETS = ROOT / "assets"
+TEST_VERIFY_RES = [(32, 32), (32, 48)]  # export verification sizes of the tiny models (stride 4)
 
 # Two cores: keep each test process from oversubscribing them.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
@@ -16,23 +22,42 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
+    """tests/data: the golden checkpoints and reference outputs computed with the official code."""
     return DATA
 
 
 @pytest.fixture(scope="session")
 def assets_dir() -> Path:
+    """assets/: the sample content and style images."""
     return ASSETS
 
 
 @pytest.fixture(scope="session")
-def model_dir(tmp_path_factory) -> Path:
-    """tests/data/tiny_stage2.ckpt exported once per session (FP32; verified at small sizes, since the
-    runtime, cluster and benchmark tests compare with PyTorch themselves)."""
+def tiny_stage1_export(tmp_path_factory) -> Path:
+    """tests/data/tiny_stage1.ckpt (a VQGAN) exported once per session: FP32 and FP16 graphs, verified at
+    TEST_VERIFY_RES, with a non-default TensorRT profile (opt 64, max 512, batch 8) to check its plumbing."""
     from quantart_export import export_model
 
-    out = tmp_path_factory.getbasetemp() / "tiny_stage2_model"
-    return export_model(DATA / "tiny_stage2.ckpt", out, precision="fp32", verify=True, force=True,
-                        verify_res=[(32, 32), (24, 40)])
+    out = tmp_path_factory.mktemp("export_stage1") / "tiny_stage1_onnx"
+    return export_model(DATA / "tiny_stage1.ckpt", out, precision="both", verify_res=TEST_VERIFY_RES,
+                        opt_res=64, max_res=512, max_batch=8)
+
+
+@pytest.fixture(scope="session")
+def tiny_stage2_export(tmp_path_factory) -> Path:
+    """tests/data/tiny_stage2.ckpt (a StyleTransfer) exported once per session: FP32 and FP16 graphs,
+    the default profile, verified at TEST_VERIFY_RES. The export tests check it against PyTorch; the
+    runtime, cluster and benchmark tests run it (as ``model_dir``)."""
+    from quantart_export import export_model
+
+    out = tmp_path_factory.mktemp("export_stage2") / "tiny_stage2_onnx"
+    return export_model(DATA / "tiny_stage2.ckpt", out, precision="both", verify_res=TEST_VERIFY_RES)
+
+
+@pytest.fixture(scope="session")
+def model_dir(tiny_stage2_export) -> Path:
+    """The model directory of the runtime tests: the session's tiny Stage 2 export."""
+    return tiny_stage2_export
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""Shared by the runtime tests: the tiny model exported once per session, torch references, images."""
+"""Helpers of the runtime tests: sample photos, encoded image bytes and the PyTorch reference of a
+stylization. The tiny exported model and its Stylizer are session fixtures in conftest.py."""
 from __future__ import annotations
 
 import io
@@ -20,14 +21,10 @@ def photo(height: int, width: int, index: int = 1, kind: str = "content") -> np.
 
 
 def encode(array: np.ndarray, fmt: str = "PNG", **options) -> bytes:
+    """``array`` (HWC uint8) encoded as ``fmt`` with Pillow save ``options``; returns the bytes."""
     buf = io.BytesIO()
     Image.fromarray(array).save(buf, format=fmt, **options)
     return buf.getvalue()
-
-
-def psnr(a: np.ndarray, b: np.ndarray, peak: float) -> float:
-    mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10.0 * np.log10(peak * peak / mse)
 
 
 def torch_stylize(model, content: np.ndarray, style: np.ndarray, content_ratio=1.0, output_ratio=1.0):
@@ -50,4 +47,5 @@ def torch_stylize(model, content: np.ndarray, style: np.ndarray, content_ratio=1
 
 
 def to_uint8(y: np.ndarray) -> np.ndarray:
+    """[-1, 1] floats to uint8 the way the runtime rounds them."""
     return np.rint((y + 1.0) * 127.5).astype(np.uint8)

@@ -1,6 +1,7 @@
 """Engine cache (TensorRT backend): keys, invalidation, atomic writes and the cross-process build lock.
 
-The builder and loader are injected callables, so no TensorRT is involved.
+The builder and loader are injected callables, so no TensorRT is involved; the key fields the
+TensorRT loader fills in come from ``trt_engine.cache_fields``, a pure function (tested here too).
 """
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ import time
 
 import pytest
 
-from quantart_runtime.engine_cache import EngineCache, atomic_write, cache_key
+from quantart_runtime.engine_cache import KEY_FIELDS, EngineCache, cache_key
 
 FIELDS = {"graph_sha256": "ab" * 32, "tensorrt_version": "10.13.0", "gpu_name": "NVIDIA H200",
-          "compute_capability": "9.0", "profile": {"min": [1, 3, 16, 16], "opt": [1, 3, 256, 256],
-                                                   "max": [32, 3, 1024, 1024]}}
+          "compute_capability": "9.0", "cuda_driver_version": 12080, "ptx_version": 87, "triton_version": "3.9.0",
+          "profile": {"min": [1, 3, 16, 16], "opt": [1, 3, 256, 256], "max": [32, 3, 1024, 1024]},
+          "workspace_bytes": 4 << 30, "builder_flags": ["STRONGLY_TYPED", "no-TF32"]}
 
 
 class Builder:
@@ -37,9 +39,15 @@ def test_key_depends_on_every_field():
     base = cache_key(FIELDS)
     assert base == cache_key(dict(reversed(list(FIELDS.items()))))       # order does not matter
     changes = {"graph_sha256": "cd" * 32, "tensorrt_version": "11.0.0", "gpu_name": "NVIDIA A100",
-               "compute_capability": "8.0", "profile": {**FIELDS["profile"], "max": [16, 3, 1024, 1024]}}
+               "compute_capability": "8.0", "cuda_driver_version": 13000, "ptx_version": 88,
+               "triton_version": "3.10.0", "profile": {**FIELDS["profile"], "max": [16, 3, 1024, 1024]},
+               "workspace_bytes": 1 << 30, "builder_flags": ["STRONGLY_TYPED"]}
+    assert set(changes) == set(KEY_FIELDS)
     keys = {cache_key({**FIELDS, k: v}) for k, v in changes.items()}
     assert base not in keys and len(keys) == len(changes)
+    for field in KEY_FIELDS:                                              # every one is required
+        with pytest.raises(ValueError, match=f"missing {field}"):
+            cache_key({k: v for k, v in FIELDS.items() if k != field})
     assert cache_key({**FIELDS, "plugin": "x"}) != base                   # extra fields count too
     with pytest.raises(ValueError, match="missing gpu_name"):
         cache_key({k: v for k, v in FIELDS.items() if k != "gpu_name"})
@@ -113,14 +121,23 @@ def test_failed_build_leaves_nothing(tmp_path):
     assert cache.get_or_build(FIELDS, Builder(), load_ok)[1] == "built"   # lock was released
 
 
-def test_atomic_write_keeps_old_content_on_failure(tmp_path):
-    target = tmp_path / "f.bin"
-    atomic_write(target, b"old")
+def test_loader_fields_cover_the_key():
+    """The TensorRT loader's key (cache_fields) has every required field, and a change in PTX ISA,
+    driver, workspace or builder flags gives another entry (a plan with too new a PTX is not reused)."""
+    from quantart_runtime.backends.trt_engine import cache_fields, source_hash
 
-    with pytest.raises(TypeError):
-        atomic_write(target, object())          # fails inside the write, after the temp file exists
-    assert target.read_bytes() == b"old"
-    assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]
+    base = dict(graph="sga", graph_sha256="ab" * 32, precision="fp16", tensorrt_version="10.13.0",
+                gpu_name="NVIDIA H200", compute_capability=(9, 0), driver_version=12080, ptx_version=87,
+                profile={"z": [[1, 8, 1, 1], [1, 8, 16, 16], [8, 8, 64, 64]]}, workspace_bytes=4 << 30,
+                builder_flags=["no-TF32", "STRONGLY_TYPED"])
+    fields = cache_fields(**base)
+    assert set(KEY_FIELDS) <= set(fields)
+    assert fields["compute_capability"] == "9.0" and fields["builder_flags"] == ["STRONGLY_TYPED", "no-TF32"]
+    assert fields["plugin_source"] == source_hash() and fields["triton_version"]
+    key = cache_key(fields)
+    for change in ({"ptx_version": 88}, {"driver_version": 13000}, {"workspace_bytes": 1 << 30},
+                   {"builder_flags": ["STRONGLY_TYPED"]}, {"precision": "fp32"}, {"graph": "decoder"}):
+        assert cache_key(cache_fields(**{**base, **change})) != key, change
 
 
 def test_blobs(tmp_path):

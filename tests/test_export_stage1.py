@@ -1,4 +1,6 @@
-"""quantart_export on the golden tiny Stage 1 (VQGAN) checkpoint: encoder + decoder, fp32 and fp16."""
+"""quantart_export on the golden tiny Stage 1 (VQGAN) checkpoint: encoder + decoder, fp32 and fp16.
+
+The export is the session fixture ``tiny_stage1_export`` (conftest.py)."""
 from __future__ import annotations
 
 import hashlib
@@ -8,7 +10,8 @@ import onnx
 import pytest
 import torch
 
-from export_helpers import DATA, TEST_VERIFY_RES, manifest, psnr, run, session
+from export_helpers import DATA, manifest, run, session
+from quantart_runtime.util import psnr_unit
 
 
 @pytest.fixture(scope="module")
@@ -19,11 +22,8 @@ def model():
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    from quantart_export import export_model
-
-    out = tmp_path_factory.mktemp("export1") / "tiny1"
-    return export_model(DATA / "tiny_stage1.ckpt", out, precision="both", verify_res=TEST_VERIFY_RES)
+def exported(tiny_stage1_export):
+    return tiny_stage1_export
 
 
 def test_stage1_directory_and_manifest(exported):
@@ -31,7 +31,8 @@ def test_stage1_directory_and_manifest(exported):
         ["manifest.json", "encoder.onnx", "decoder.onnx", "encoder.fp16.onnx", "decoder.fp16.onnx"])
     m = manifest(exported)
     assert m["kind"] == "stage1" and m["latent_stride"] == 4 and m["n_embed"] == 128
-    assert m["profile"] == {"min_res": 4, "opt_res": 256, "max_res": 1024, "max_batch": 32}
+    assert m["profile"] == {"min_res": 4, "opt_res": 64, "max_res": 512, "max_batch": 8}  # as the fixture asked
+    assert m["verification"]["passed"] is True and m["verification"]["resolutions"] == ["32x32", "32x48"]
     enc = m["graphs"]["fp16"]["encoder"]
     assert enc["outputs"] == [
         {"name": "latent", "dtype": "float32", "shape": ["batch", 64, "latent_height", "latent_width"]},
@@ -55,7 +56,7 @@ def test_stage1_graphs_match_pytorch(exported, model, batch, height, width):
         assert latent.shape == tuple(quant.shape) and idx.shape == (batch, height // 4, width // 4)
         assert (idx == info[2].numpy()).mean() >= min_agree
         (img,) = run(session(exported / f"decoder{suffix}"), latent=quant)
-        assert img.shape == (batch, 3, height, width) and psnr(img, image) > min_psnr
+        assert img.shape == (batch, 3, height, width) and psnr_unit(img, image) > min_psnr
 
 
 def test_stage1_golden_reconstruction(exported):
@@ -65,4 +66,4 @@ def test_stage1_golden_reconstruction(exported):
     assert (idx == gold["indices"]).mean() >= 0.999
     np.testing.assert_allclose(latent, gold["quant"], atol=1e-3)
     (out,) = run(session(exported / "decoder.onnx"), latent=latent)
-    assert psnr(out, gold["output"]) >= 45
+    assert psnr_unit(out, gold["output"]) >= 45

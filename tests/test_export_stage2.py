@@ -1,6 +1,7 @@
 """quantart_export on the golden tiny Stage 2 checkpoint: fp32 + fp16 graphs against PyTorch.
 
-One export (precision both, verification on) for the whole module.
+The export (precision both, verification on, default profile) is the session fixture
+``tiny_stage2_export`` (conftest.py), shared with the runtime tests.
 """
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import onnx
 import pytest
 import torch
 
-from export_helpers import DATA, TEST_VERIFY_RES, manifest, psnr, ratio, run, session
+from export_helpers import DATA, manifest, ratio, run, session
+from quantart_runtime.util import psnr_unit
 
 GRAPHS = ("content_encoder", "style_encoder", "sga", "decoder")
 
@@ -24,12 +26,8 @@ def model():
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    from quantart_export import export_model
-
-    out = tmp_path_factory.mktemp("export2") / "tiny2"
-    return export_model(DATA / "tiny_stage2.ckpt", out, precision="both", verify_res=TEST_VERIFY_RES,
-                        opt_res=64, max_res=512, max_batch=8)
+def exported(tiny_stage2_export):
+    return tiny_stage2_export
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +44,7 @@ def test_directory_and_manifest(exported, model):
     assert (m["latent_stride"], m["embed_dim"], m["n_embed"]) == (4, 64, 128)
     assert m["resolution_rule"] == {"multiple_of": 4, "min": 4}
     assert m["opset"] == 18
-    assert m["profile"] == {"min_res": 4, "opt_res": 64, "max_res": 512, "max_batch": 8}
+    assert m["profile"] == {"min_res": 4, "opt_res": 256, "max_res": 1024, "max_batch": 32}  # the defaults
     assert m["source"] == {"checkpoint": "tiny_stage2.ckpt",
                            "sha256": hashlib.sha256((DATA / "tiny_stage2.ckpt").read_bytes()).hexdigest()}
     assert m["options"]["precision"] == "both" and m["options"]["verify"] is True
@@ -157,7 +155,7 @@ def test_every_graph_matches_pytorch_at_other_batches_and_sizes(sessions, model,
                  output_ratio=ratio(1.0))
     assert yi.shape == (batch, height // 4, width // 4) and (yi == idx_y.numpy()).mean() >= 0.99
     (img,) = run(s["decoder"], latent=quant_y)
-    assert img.shape == (batch, 3, height, width) and psnr(img, image) > 60
+    assert img.shape == (batch, 3, height, width) and psnr_unit(img, image) > 60
     # FP16 graphs run on ONNX Runtime's CPU provider and stay close
     s16 = sessions["fp16"]
     (ce16,) = run(s16["content_encoder"], image=x)
@@ -166,7 +164,7 @@ def test_every_graph_matches_pytorch_at_other_batches_and_sizes(sessions, model,
                   output_ratio=ratio(1.0))
     assert (yi16 == idx_y.numpy()).mean() >= 0.95
     (img16,) = run(s16["decoder"], latent=quant_y)
-    assert psnr(img16, image) > 30
+    assert psnr_unit(img16, image) > 30
 
 
 @pytest.mark.parametrize("content_ratio,output_ratio", [(0.5, 1.0), (1.0, 0.3), (0.7, 0.6)])
@@ -199,4 +197,4 @@ def test_golden_official_outputs(sessions, case):
                          output_ratio=ratio(1.0))
     assert (idx_y == gold["indices_y"]).mean() >= 0.999
     (out,) = run(s["decoder"], latent=quant_y)
-    assert psnr(out, gold["output"]) >= 45
+    assert psnr_unit(out, gold["output"]) >= 45

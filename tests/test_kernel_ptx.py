@@ -29,11 +29,25 @@ def _child(out_dir):
             with open(os.path.join(out_dir, f"sm{arch}_{dtype}.ptx"), "w") as f:
                 f.write(ptx)
             meta[f"{arch}_{dtype}"] = {"name": name, **lp.to_dict(), "grid_1000": lp.grid(1000)}
-    from quantart_runtime.kernels.nearest_code import ptx_version_for_driver
+    from quantart_runtime.kernels.nearest_code import ptx_version_for_driver, ptxas_path, ptxas_ptx_version
 
-    meta["driver_ptx"] = {str(v): ptx_version_for_driver(v) for v in (12040, 12080, 13000)}
-    _, ptx84, _ = compile_ptx(90, "fp32", 256, ptx_version=ptx_version_for_driver(12040))
+    meta["driver_ptx"] = {f"{v}/{a}": ptx_version_for_driver(v, a) for v in (12040, 12080, 13000, 13020)
+                          for a in (80, 90)}
+    meta["ptxas_isa"] = {str(a): ptxas_ptx_version(a) for a in (80, 90)}
+    _, ptx84, _ = compile_ptx(90, "fp32", 256, ptx_version=ptx_version_for_driver(12040, 90))
     meta["ptx84_version_line"] = re.search(r"^\.version.*$", ptx84, re.M).group(0)
+    # A driver newer than Triton's ptxas (CUDA 13.2 driver, sm_80): asked for the driver's ISA, the
+    # PTX comes out at ptxas's, and that ptxas assembles it (here, explicitly, besides Triton's own run).
+    for arch in (80, 90):
+        _, ptx_new, _ = compile_ptx(arch, "fp16", 64, ptx_version=92)
+        path = os.path.join(out_dir, f"new_driver_sm{arch}.ptx")
+        with open(path, "w") as f:
+            f.write(ptx_new)
+        target = re.search(r"^\.target\s+(sm_\w+)", ptx_new, re.M).group(1)      # sm_90a on Hopper
+        proc = subprocess.run([ptxas_path(arch), f"--gpu-name={target}", path, "-o", path + ".cubin"],
+                              capture_output=True, text=True)
+        meta[f"new_driver_{arch}"] = {"version_line": re.search(r"^\.version.*$", ptx_new, re.M).group(0),
+                                      "ptxas_rc": proc.returncode, "ptxas_err": proc.stderr[-500:]}
     try:
         compile_ptx("sm_75", "fp32", 256)
     except ValueError as e:
@@ -87,10 +101,59 @@ def test_ptx_for_arch(compiled, arch, dtype):
     assert re.search(r"st\.global(\.v\d)?\.b32", ptx)
 
 
-def test_ptx_isa_follows_the_driver(compiled):
+def test_ptx_isa_follows_the_driver_capped_by_ptxas(compiled):
     _, meta = compiled
-    assert meta["driver_ptx"] == {"12040": 84, "12080": 87, "13000": 90}
+    isa80, isa90 = meta["ptxas_isa"]["80"], meta["ptxas_isa"]["90"]
+    driver = {12040: 84, 12080: 87, 13000: 90, 13020: 92}
+    for v, want in driver.items():
+        assert meta["driver_ptx"][f"{v}/80"] == min(want, isa80)
+        assert meta["driver_ptx"][f"{v}/90"] == min(want, isa90)
     assert meta["ptx84_version_line"].split() == [".version", "8.4"]
+
+
+def test_driver_isa_above_ptxas_still_assembles(compiled):
+    """Issue 13 item 2: Triton 3.9 at sm_80 with a CUDA 13 driver asked for PTX 9.x, which its ptxas
+    (12.9: ISA 8.8) refuses. compile_ptx caps the ISA, and the PTX assembles."""
+    _, meta = compiled
+    for arch in ("80", "90"):
+        got = meta[f"new_driver_{arch}"]
+        isa = min(92, meta["ptxas_isa"][arch])
+        assert got["version_line"].split() == [".version", f"{isa // 10}.{isa % 10}"]
+        assert got["ptxas_rc"] == 0, got["ptxas_err"]
+
+
+def test_isa_table_matches_triton():
+    from triton.backends.nvidia.compiler import ptx_get_version
+
+    from quantart_runtime.kernels.nearest_code import ptx_isa_for_cuda
+
+    for version in ("11.8", "12.0", "12.4", "12.6", "12.9", "13.0", "13.4", "14.1"):
+        assert ptx_isa_for_cuda(version) == ptx_get_version(version), version
+    with pytest.raises(ValueError, match="12.4"):
+        ptx_isa_for_cuda("twelve")
+
+
+@pytest.mark.parametrize("field, value", [("launch_pdl", True), ("launch_cooperative_grid", True),
+                                          ("tmem_size", 128), ("tensordesc_meta", [{"x": 1}]),
+                                          ("global_scratch_size", 64), ("num_ctas", 2), ("shared", 64 * 1024),
+                                          ("launch_pdl", None)])
+def test_launch_metadata_checks(field, value):
+    """What a TensorRT AOT launch cannot provide is refused, and so is a missing field (None here
+    means: the field is absent, as from an untested Triton)."""
+    from types import SimpleNamespace
+
+    from quantart_runtime.kernels.nearest_code import check_launch_metadata
+
+    good = dict(global_scratch_size=0, profile_scratch_size=0, num_ctas=1, launch_cooperative_grid=False,
+                launch_pdl=False, tmem_size=None, tensordesc_meta=[], shared=8192)
+    check_launch_metadata(SimpleNamespace(**good))
+    bad = dict(good)
+    if value is None:
+        del bad[field]
+    else:
+        bad[field] = value
+    with pytest.raises(RuntimeError, match=field):
+        check_launch_metadata(SimpleNamespace(**bad))
 
 
 def test_bad_arch_is_one_line(compiled):

@@ -1,5 +1,6 @@
-"""Issue 2 §2 components: PatchGAN discriminator and LPIPS layouts match the official checkpoints;
-LPIPS loads a torchvision-format VGG16 file and refuses to run with a missing one."""
+"""Loss networks: the PatchGAN discriminator's and LPIPS's parameter layouts match the official
+checkpoints; LPIPS loads a torchvision-format VGG16 file and refuses, with a one-line reason, to run
+with a missing or unreadable one."""
 from __future__ import annotations
 
 import json
@@ -84,3 +85,8 @@ def test_lpips_missing_weights_is_a_clear_error(tmp_path, monkeypatch):
     torch.save({"x": torch.zeros(1)}, bad)
     with pytest.raises(VGGWeightsNotFound, match="not a torchvision VGG16"):
         LPIPS(vgg_weights=bad)
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a torch file\nsecond line\n" * 4)
+    with pytest.raises(VGGWeightsNotFound, match="garbage.pth: not a readable VGG16 weights file") as info:
+        LPIPS(vgg_weights=garbage)
+    assert "\n" not in str(info.value)

@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import quantart
 from quantart.arch import infer_config
 from quantart.checkpoint import CheckpointError, build_model, read_state_dict
-from quantart.models.config import official_config
 
 TOL = 1e-4
 
@@ -87,12 +87,22 @@ def test_style_of_another_size_serves_any_content(stage2):
         _, quant_y, _, idx = stage2.stylize_latent(h_x, quant_ref.expand(2, -1, -1, -1))
         img = stage2.decode(quant_y)
     assert quant_ref.shape[-2:] == (10, 6) and img.shape == (2, 3, 32, 48) and idx.shape == (2, 8, 12)
-    # same-size keys: identical to reshaping keys with the query's h·w (the official formulation)
     attn = stage2.model_x2y.blocks[0].attn_block
+    torch.manual_seed(1)
     a = torch.randn(1, 64, 4, 6)
-    b = torch.randn(1, 64, 6, 4)  # same token count, other shape
+    b = torch.randn(1, 64, 6, 4)
     with torch.no_grad():
-        torch.testing.assert_close(attn(a, b), attn(a, b.reshape(1, 64, 4, 6)))
+        out = attn(a, b)
+        # the same key tokens in another order (transposed, not a reshape of the same memory) attend the same
+        torch.testing.assert_close(out, attn(a, b.transpose(-1, -2)))
+        # and the official formula written out: softmax(q^T k / sqrt(c)) over the key's own tokens
+        gn = lambda t: F.group_norm(t, 32, attn.norm.weight, attn.norm.bias, eps=1e-6)  # noqa: E731
+        conv = lambda m, t: torch.einsum("oc,bchw->bohw", m.weight[:, :, 0, 0], t) + m.bias[:, None, None]  # noqa
+        q = conv(attn.q, gn(a)).flatten(2)                 # 1, c, 24
+        k, v = conv(attn.k, gn(b)).flatten(2), conv(attn.v, gn(b)).flatten(2)  # 1, c, 24 (key tokens)
+        w = torch.softmax(torch.einsum("bci,bcj->bij", q, k) / 8.0, dim=-1)
+        h = torch.einsum("bij,bcj->bci", w, v).reshape(1, 64, 4, 6)
+        torch.testing.assert_close(out, a + conv(attn.proj_out, h), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("size", [(30, 32), (32, 2), (1, 1)])
@@ -160,7 +170,7 @@ def test_architecture_inference_round_trip(arch, kind, tmp_path):
               dropout=0.0)
     cfg = {"kind": kind, "ddconfig": dd, "n_embed": arch["n_embed"], "embed_dim": arch["embed_dim"]}
     if kind == "stage2":
-        cfg["sga"] = dict(official_config()["sga"], **arch["sga"])
+        cfg.update(arch["sga"])
     model = build_model(cfg)
     inferred = infer_config(model.state_dict())
     rebuilt = build_model(inferred)
@@ -169,7 +179,7 @@ def test_architecture_inference_round_trip(arch, kind, tmp_path):
     assert [256 // r for r in inferred["ddconfig"]["attn_resolutions"]] == [256 // r for r in arch["attn"]]
     if kind == "stage2":
         for key, value in arch["sga"].items():
-            assert inferred["sga"][key] == value
+            assert inferred[key] == value
     # plain state_dict .pt and the project's own format both round-trip with identical outputs
     torch.save(model.state_dict(), tmp_path / "plain.pt")
     saved = quantart.save_model(model, tmp_path / "saved")
@@ -184,10 +194,11 @@ def test_architecture_inference_round_trip(arch, kind, tmp_path):
                 torch.testing.assert_close(other.stylize(x, x), model.eval().stylize(x, x))
 
 
-def test_from_checkpoint_and_yaml_config(data_dir, tmp_path):
-    assert isinstance(quantart.BaseVQGAN.from_checkpoint(data_dir / "tiny_stage1.ckpt"), quantart.BaseVQGAN)
+def test_expect_and_yaml_config(data_dir, tmp_path):
+    assert isinstance(quantart.load_model(data_dir / "tiny_stage1.ckpt", expect=quantart.BaseVQGAN),
+                      quantart.BaseVQGAN)
     with pytest.raises(CheckpointError, match="not a StyleTransfer"):
-        quantart.StyleTransfer.from_checkpoint(data_dir / "tiny_stage1.ckpt")
+        quantart.load_model(data_dir / "tiny_stage1.ckpt", expect=quantart.StyleTransfer)
     cfg = infer_config(read_state_dict(data_dir / "tiny_stage2.ckpt"))
     yaml_text = f"""
 model:
@@ -204,23 +215,24 @@ model:
     (tmp_path / "c.yaml").write_text(yaml_text)
     model = quantart.load_model(data_dir / "tiny_stage2.ckpt", config=tmp_path / "c.yaml")
     assert isinstance(model, quantart.StyleTransfer)
-    assert model.config["ddconfig"]["resolution"] == 32
+    assert model.config["ddconfig"]["resolution"] == 32 and model.config_source == "yaml"
 
 
 def test_stage2_backbone_from_stage1_checkpoints(data_dir):
+    """The checkpoint layer (not the constructor) fills a Stage 2 model from Stage 1 checkpoints."""
+    from quantart.checkpoint import load_stage1_weights
+
     s1 = read_state_dict(data_dir / "tiny_stage1.ckpt")
-    cfg = infer_config(read_state_dict(data_dir / "tiny_stage2.ckpt"))
-    model = quantart.StyleTransfer(**{k: v for k, v in cfg.items() if k != "kind"},
-                                   checkpoint_encoder=str(data_dir / "tiny_stage1.ckpt"),
-                                   checkpoint_decoder=str(data_dir / "tiny_stage1.ckpt"))
+    model = build_model(infer_config(read_state_dict(data_dir / "tiny_stage2.ckpt")))
+    assert not torch.equal(model.decoder.conv_out.weight, s1["decoder.conv_out.weight"])
+    load_stage1_weights(model, data_dir / "tiny_stage1.ckpt", data_dir / "tiny_stage1.ckpt")
+    torch.testing.assert_close(model.encoder.conv_in.weight, s1["encoder.conv_in.weight"])
     torch.testing.assert_close(model.encoder_real.conv_in.weight, s1["encoder.conv_in.weight"])
     torch.testing.assert_close(model.quantize_enc.embedding.weight, s1["quantize.embedding.weight"])
     torch.testing.assert_close(model.quantize_dec.embedding.weight, s1["quantize.embedding.weight"])
     torch.testing.assert_close(model.decoder.conv_out.weight, s1["decoder.conv_out.weight"])
-    vq = quantart.BaseVQGAN(**{k: v for k, v in cfg.items() if k not in ("kind", "sga")},
-                            ckpt_quantize=str(data_dir / "tiny_stage2.ckpt"))
-    torch.testing.assert_close(vq.quantize.embedding.weight,
-                               read_state_dict(data_dir / "tiny_stage2.ckpt")["quantize_dec.embedding.weight"])
+    with pytest.raises(CheckpointError, match=r"not a Stage 1 VQGAN checkpoint \(no 'quantize\.\*' weights\)"):
+        load_stage1_weights(model, checkpoint_decoder=data_dir / "tiny_stage2.ckpt")
 
 
 class Custom:  # a pickled custom class: weights_only loading must refuse it
@@ -247,7 +259,7 @@ def test_bad_checkpoints(data_dir, tmp_path):
         "wrong_keys.ckpt": r"missing keys: decoder\.conv_out\.bias.*unexpected keys: encoder\.extra\.weight",
         "wrong_shape.pt": r"wrong shapes: post_quant_conv\.bias \(7,\) != \(64,\)",
         "custom.ckpt": "trust",
-        "notes.ckpt": "not a readable checkpoint",
+        "notes.ckpt": r"not a readable checkpoint \(it is a text file\)",
         "dict.pt": "not a checkpoint",
         "adir": "directory without",
         "missing.ckpt": "no such file",

@@ -7,7 +7,8 @@ import shutil
 import numpy as np
 import pytest
 
-from runtime_helpers import DATA, STYLE_SIZE, photo, psnr, to_uint8, torch_stylize
+from quantart_runtime.util import psnr_uint8, psnr_unit
+from runtime_helpers import DATA, STYLE_SIZE, photo, to_uint8, torch_stylize
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +30,7 @@ def test_graphs_reproduce_golden_cases(stylizer, case):
     y, idx = stylizer.stylize_latent(h, ref)
     np.testing.assert_array_equal(idx, gold["indices_y"])
     np.testing.assert_allclose(y, gold["quant_y"], atol=1e-5)
-    assert psnr(np.clip(stylizer.decode(y), -1, 1), np.clip(gold["output"], -1, 1), 2.0) >= 45
+    assert psnr_unit(np.clip(stylizer.decode(y), -1, 1), np.clip(gold["output"], -1, 1)) >= 45
 
 
 @pytest.mark.parametrize("size, ratios", [
@@ -52,10 +53,10 @@ def test_stylize_matches_pytorch(stylizer, torch_model, size, ratios):
 
     x = stylizer.preprocess([content])
     y = stylizer.run_graphs(x, code, *ratios)[0, :, :size[0], :size[1]].transpose(1, 2, 0)
-    assert psnr(np.clip(y, -1, 1), expected, peak=2.0) >= 45
+    assert psnr_unit(np.clip(y, -1, 1), expected) >= 45
     out = stylizer.stylize(content, code, content_ratio=ratios[0], output_ratio=ratios[1])
     assert out.shape == content.shape and out.dtype == np.uint8
-    assert psnr(out, to_uint8(expected), peak=255.0) >= 45
+    assert psnr_uint8(out, to_uint8(expected)) >= 45
     # the style given as an image is encoded at style_size, the same code
     again = stylizer.stylize(content, style_image, *ratios, style_size=STYLE_SIZE)
     np.testing.assert_array_equal(again, out)
@@ -167,12 +168,16 @@ def _edit(d, **fields):
     (d / "manifest.json").write_text(json.dumps(manifest))
 
 
-def test_missing_precision_and_backend(model_dir):
+def test_missing_precision_and_backend(model_dir, tmp_path):
     from quantart_runtime import BackendError, ModelError, Stylizer
     from quantart_runtime.backends import available_backends, select_backend
 
+    fp32_only = _copy_model(model_dir, tmp_path)  # the shared export has both precisions: drop fp16
+    graphs = json.loads((fp32_only / "manifest.json").read_text())["graphs"]
+    del graphs["fp16"]
+    _edit(fp32_only, graphs=graphs)
     with pytest.raises(ModelError, match="has no fp16 graphs"):
-        Stylizer.load(model_dir, precision="fp16")
+        Stylizer.load(fp32_only, precision="fp16")
     with pytest.raises(BackendError, match="unknown backend 'mxnet'"):
         Stylizer.load(model_dir, backend="mxnet")
     reasons = available_backends()
@@ -209,4 +214,4 @@ def test_onnxruntime_cuda_provider(model_dir, stylizer):
     content, style = photo(32, 40), photo(32, 32, 1, "style")
     out = gpu.stylize(content, style, style_size=STYLE_SIZE)
     ref = stylizer.stylize(content, style, style_size=STYLE_SIZE)
-    assert psnr(out, ref, 255.0) >= 40
+    assert psnr_uint8(out, ref) >= 40

@@ -219,7 +219,8 @@ def _child(workdir):
     codes = torch.empty(zf.shape, dtype=torch.float32)
     launch(torch.from_numpy(zf), torch.from_numpy(inits[plugin.input[1]]), torch.from_numpy(inits[plugin.input[2]]),
            idx, codes)
-    out["subgraph"] = {"ops": sorted(n.op_type for n in sub.graph.node), "idx_equal": bool(np.array_equal(ref_idx, idx.numpy())),
+    out["subgraph"] = {"ops": sorted(n.op_type for n in sub.graph.node),
+                       "idx_equal": bool(np.array_equal(ref_idx, idx.numpy())),
                        "codes_bitwise": bool(np.array_equal(ref_codes, codes.numpy()))}
     with open(os.path.join(workdir, "result.json"), "w") as f:
         json.dump(out, f)
@@ -255,12 +256,15 @@ def test_tensorrt_runner_profile_and_availability():
     from quantart_runtime.backends.tensorrt import TensorRTRunner
 
     manifest = {"latent_stride": 16, "profile": {"min_res": 16, "opt_res": 256, "max_res": 1024, "max_batch": 32},
-                "graphs": {"fp32": {"tiny": MANIFEST_ENTRY}}}
+                "graphs": {"fp32": {"tiny": MANIFEST_ENTRY,
+                                    "img": {"inputs": [{"name": "image", "shape": ["batch", 3, "height", "width"]}]}}}}
     runner = TensorRTRunner("unused", manifest, precision="fp32", max_batch=8)
-    shapes = runner._profile(MANIFEST_ENTRY)
-    assert shapes == {"z": [[1, D, 1, 1], [1, D, 16, 16], [8, D, 64, 64]], "ratio": [[1], [1], [1]]}
-    image = {"inputs": [{"name": "image", "shape": ["batch", 3, "height", "width"]}]}
-    assert runner._profile(image)["image"][2] == [8, 3, 1024, 1024]
+    assert runner.profile("tiny") == {"z": [[1, D, 1, 1], [1, D, 16, 16], [8, D, 64, 64]], "ratio": [[1], [1], [1]]}
+    assert runner.profile("img")["image"][2] == [8, 3, 1024, 1024]
+    from quantart_runtime.backends.trt_engine import tensorrt_version_ok
+
+    assert tensorrt_version_ok("10.12.0") and tensorrt_version_ok("11.4.1")
+    assert not tensorrt_version_ok("10.11.2") and not tensorrt_version_ok("garbage")
     ok, why = TensorRTRunner.is_available()
     try:
         import tensorrt  # noqa: F401
@@ -268,11 +272,16 @@ def test_tensorrt_runner_profile_and_availability():
         assert not ok and "TensorRT is not installed" in why
     with pytest.raises(RuntimeError, match="before activate"):
         runner.infer("tiny", {})
+    with pytest.raises(TypeError, match="keep_on_device"):          # the old option is gone, and says so
+        TensorRTRunner("unused", manifest, keep_on_device=("q",))
 
 
 @pytest.mark.gpu
 @pytest.mark.tensorrt
 def test_tensorrt_engine_matches_onnxruntime(exported, tmp_path):
+    """GPU check: must show a built then cached engine per graph (cache_status "built" -> "hit", the
+    second activation importing neither onnx nor Triton), FP32 indices identical to ONNX Runtime
+    (TF32 cleared), and the device path: a DeviceArray output fed back in with no extra copy."""
     pytest.importorskip("tensorrt", reason="TensorRT is not installed")
     from quantart_runtime.backends.tensorrt import TensorRTRunner
 
@@ -280,6 +289,7 @@ def test_tensorrt_engine_matches_onnxruntime(exported, tmp_path):
     if not ok:
         pytest.skip(why)
     import hashlib
+
     import onnxruntime as ort
 
     d, one, _ = exported
@@ -291,7 +301,12 @@ def test_tensorrt_engine_matches_onnxruntime(exported, tmp_path):
     ref = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, feeds)
     for expected_status in ("built", "hit"):
         with TensorRTRunner(d, manifest, precision="fp32", cache_dir=tmp_path) as runner:
-            assert runner.cache_status == expected_status
+            assert runner.cache_status == {"tiny": expected_status}
             out = runner.infer("tiny", feeds)
+            runner.transfers.clear()
+            dev = runner.infer("tiny", {"z": runner.to_device(z), "ratio": runner.to_device(feeds["ratio"])},
+                               host_outputs=False)
+            assert runner.is_device_value(dev["q"]) and dict(runner.transfers) == {"h2d": 2}
+            np.testing.assert_array_equal(runner.to_host(dev["idx"]), out["idx"])
         np.testing.assert_array_equal(out["idx"], ref[1])
         np.testing.assert_allclose(out["q"], ref[0], rtol=1e-6, atol=1e-6)

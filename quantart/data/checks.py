@@ -18,6 +18,8 @@ from typing import Sequence
 import torch
 from PIL import Image
 
+from quantart_runtime.util import one_line
+
 from .errors import DataError, DataWarning
 
 _SHOWN_PATHS = 3
@@ -38,7 +40,7 @@ def verify_image(path: str | os.PathLike) -> str | None:
             with Image.open(path) as image:
                 image.verify()
     except Exception as exc:  # any decoder error means the file is unusable
-        return f"{type(exc).__name__}: {exc}".splitlines()[0]
+        return one_line(exc, with_type=True)
     return None
 
 
@@ -115,14 +117,18 @@ class FailureLog:
         return [self._paths[i] for i in torch.nonzero(self._mask).flatten().tolist()]
 
     def is_bad(self, index: int) -> bool:
+        """Whether the file at dataset index ``index`` has failed to load (in any process)."""
         return bool(self._mask[index])
 
     def record(self, index: int, error: BaseException) -> None:
+        """Mark index ``index`` as failed because of ``error``; warns (``DataWarning``) on the 1st, 2nd,
+        4th, 8th, ... failure of this process, naming the first and latest files and the reason.
+        """
         self._mask[index] = 1
         self._local += 1
         if self._local & (self._local - 1) == 0:  # 1, 2, 4, 8, ...
             label = f" in {self.where}" if self.where else ""
-            reason = f"{type(error).__name__}: {error}".splitlines()[0]
+            reason = one_line(error, with_type=True)
             warnings.warn(
                 f"{self.count} images failed to load{label} and were replaced by other "
                 f"samples (first: {_first(self.paths)}; latest: {self._paths[index]}: {reason})",

@@ -61,6 +61,8 @@ class ImagePool:
             self.skipped = [p for p, _ in scan.bad]
         self.paths: list[Path] = list(paths)
         self.failures = FailureLog(self.paths, where=where)
+        self.min_scale = 1.0  # training augmentation (set by the dataset): see images.augment_crop
+        self.flip = False
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -72,7 +74,7 @@ class ImagePool:
         if self.failures.is_bad(index):
             return None
         try:
-            return load_tensor(self.paths[index], size, rng)
+            return load_tensor(self.paths[index], size, rng, self.min_scale, self.flip)
         except Exception as exc:  # unreadable/truncated: the caller substitutes
             self.failures.record(index, exc)
             return None
@@ -93,9 +95,13 @@ class ImagePool:
 class _EpochDataset(Dataset):
     """Common parts: seed, shared epoch, crop mode, length limit."""
 
-    def __init__(self, size: int | None, random_crop: bool, seed: int, max_items: int | None):
+    def __init__(self, size: int | None, random_crop: bool, seed: int, max_items: int | None,
+                 min_scale: float = 1.0, flip: bool = False):
         if size is not None and (not isinstance(size, int) or size <= 0):
             raise DataError(f"size must be a positive integer or None, got {size!r}")
+        if not 0.0 < float(min_scale) <= 1.0:
+            raise DataError(f"min_scale must be in (0, 1], got {min_scale!r}")
+        self.min_scale, self.flip = float(min_scale), bool(flip)
         if max_items is not None and max_items <= 0:
             raise DataError(f"max_items must be positive, got {max_items!r}")
         self.size = size
@@ -114,6 +120,11 @@ class _EpochDataset(Dataset):
         if int(epoch) < 0:
             raise ValueError(f"epoch must be >= 0, got {epoch}")
         self._epoch[0] = int(epoch)
+
+    def _augment(self, *pools: ImagePool) -> None:
+        """Give ``pools`` this dataset's augmentation (used with random crops only)."""
+        for pool in pools:
+            pool.min_scale, pool.flip = self.min_scale, self.flip
 
     def _limit(self, n: int) -> int:
         return n if self.max_items is None else min(n, self.max_items)
@@ -160,6 +171,9 @@ class ImageFolderDataset(_EpochDataset):
         csv_file, genre: WikiArt-style CSV filter (official ``wikiart_info``/``wikiart_key``).
         seed: seed of the random crops. check: scan files up front.
         max_items: cap on the length (the official validation sets use 1000).
+        min_scale, flip: with random crops, multi-scale crops (side from ``min_scale`` x the
+            shorter side to all of it, resized to ``size``) and random left-right flips
+            (``images.augment_crop``); the defaults (1.0, False) keep the plain random crop.
     """
 
     def __init__(
@@ -174,15 +188,19 @@ class ImageFolderDataset(_EpochDataset):
         seed: int = 0,
         check: bool = True,
         max_items: int | None = None,
+        min_scale: float = 1.0,
+        flip: bool = False,
     ) -> None:
-        super().__init__(size, random_crop, seed, max_items)
+        super().__init__(size, random_crop, seed, max_items, min_scale, flip)
         where = str(root if root is not None else list_file)
         paths = collect_images(root, list_file=list_file, csv_file=csv_file, genre=genre)
         self.pool = ImagePool(paths, where=where, check=check)
         self.pools = [self.pool]
+        self._augment(self.pool)
 
     @property
     def paths(self) -> list[Path]:
+        """The usable image files, in dataset order."""
         return self.pool.paths
 
     def __len__(self) -> int:
@@ -224,14 +242,17 @@ class UnpairedDataset(_EpochDataset):
         seed: int = 0,
         check: bool = True,
         max_items: int | None = None,
+        min_scale: float = 1.0,
+        flip: bool = False,
     ) -> None:
-        super().__init__(size, random_crop, seed, max_items)
+        super().__init__(size, random_crop, seed, max_items, min_scale, flip)
         content = collect_images(content_root, csv_file=content_csv, genre=content_genre,
                                  what="content")
         style = collect_images(style_root, csv_file=style_csv, genre=style_genre, what="style")
         self.content = ImagePool(content, where=f"content folder {content_root}", check=check)
         self.style = ImagePool(style, where=f"style folder {style_root}", check=check)
         self.pools = [self.content, self.style]
+        self._augment(self.content, self.style)
         self._pairing_epoch: int | None = None
         self._pairing: np.ndarray | None = None
 

@@ -82,6 +82,33 @@ def resize_and_crop(
     return image.crop(crop_box(*image.size, size, rng))
 
 
+def augment_crop(
+    image: Image.Image, size: int, rng: np.random.Generator, min_scale: float = 1.0, flip: bool = False
+) -> Image.Image:
+    """Random multi-scale square crop + optional horizontal flip (training augmentation).
+
+    The crop side is drawn uniformly between ``min_scale`` x the shorter side (but at least
+    ``size``, so crops are never upscaled) and the whole shorter side, taken at a random
+    position of the original image and resized (bicubic) to ``size``; so a 256-pixel image with
+    ``size`` 64 gives views from native pixels (64-pixel crops) to the whole image at 1/4 scale.
+    With ``flip`` the crop is mirrored left-right with probability 1/2.
+
+    Raises ``ValueError`` for ``min_scale`` outside (0, 1].
+    """
+    if not 0.0 < min_scale <= 1.0:
+        raise ValueError(f"min_scale must be in (0, 1], got {min_scale}")
+    width, height = image.size
+    short = min(width, height)
+    low = min(short, max(size, int(round(min_scale * short))))
+    side = int(rng.integers(low, short + 1))
+    image = image.crop(crop_box(width, height, side, rng))
+    if side != size:
+        image = image.resize((size, size), Image.Resampling.BICUBIC)
+    if flip and rng.random() < 0.5:
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return image
+
+
 def to_tensor(image: Image.Image) -> torch.Tensor:
     """8-bit RGB image -> float32 tensor (3, H, W) in [-1, 1]."""
     array = np.array(image, dtype=np.uint8)  # a writable copy
@@ -92,7 +119,14 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
 
 
 def load_tensor(
-    path: str | os.PathLike, size: int | None, rng: np.random.Generator | None = None
+    path: str | os.PathLike, size: int | None, rng: np.random.Generator | None = None,
+    min_scale: float = 1.0, flip: bool = False,
 ) -> torch.Tensor:
-    """``load_rgb`` + ``resize_and_crop`` + ``to_tensor`` in one call."""
+    """``load_rgb`` + ``resize_and_crop`` + ``to_tensor`` in one call.
+
+    With ``rng`` and ``min_scale < 1`` or ``flip``, ``augment_crop`` replaces ``resize_and_crop``
+    (multi-scale random crops, flips; the image is decoded at full size).
+    """
+    if rng is not None and size is not None and (min_scale < 1.0 or flip):
+        return to_tensor(augment_crop(load_rgb(path), size, rng, min_scale, flip))
     return to_tensor(resize_and_crop(load_rgb(path, draft_size=size), size, rng))

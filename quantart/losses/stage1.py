@@ -27,13 +27,15 @@ class VQLPIPSWithDiscriminator(PatchGANLoss):
     """Official parameters (lossconfig.params): disc_start, codebook_weight, pixelloss_weight,
     disc_num_layers, disc_in_channels, disc_factor, disc_weight, perceptual_weight, disc_ndf,
     disc_loss ('hinge' | 'vanilla'). perceptual_weight 0 builds no LPIPS (no VGG weights needed);
-    otherwise `vgg_weights` (or $QUANTART_VGG16 / the torch hub cache) must hold VGG16."""
+    otherwise `vgg_weights` (or $QUANTART_VGG16 / the torch hub cache) must hold VGG16 (`vgg_weights` is
+    ours; every other parameter is the official one, and an unknown one is a TypeError). The log holds
+    exactly the official terms."""
 
     def __init__(self, disc_start: int, codebook_weight: float = 1.0, pixelloss_weight: float = 1.0,
                  disc_num_layers: int = 3, disc_in_channels: int = 3, disc_factor: float = 1.0,
                  disc_weight: float = 1.0, perceptual_weight: float = 1.0, use_actnorm: bool = False,
                  disc_conditional: bool = False, disc_ndf: int = 64, disc_loss: str = "hinge",
-                 vgg_weights=None, **ignore):
+                 vgg_weights=None):
         super().__init__(disc_start, disc_in_channels, disc_num_layers, use_actnorm, disc_ndf, disc_factor,
                          disc_weight, disc_loss, disc_conditional)
         self.codebook_weight = codebook_weight
@@ -71,7 +73,6 @@ class VQLPIPSWithDiscriminator(PatchGANLoss):
                    f"{split}/quant_loss": codebook_loss.detach().mean(),
                    f"{split}/nll_loss": nll_loss.detach().mean(),
                    f"{split}/rec_loss": rec_loss.detach().mean(),
-                   f"{split}/l1_loss": torch.abs(inputs - reconstructions).detach().mean(),
                    f"{split}/p_loss": p_loss.detach().mean(),
                    f"{split}/d_weight": d_weight.detach(),
                    f"{split}/disc_factor": torch.tensor(float(disc_factor)),

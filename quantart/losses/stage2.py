@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from .gan import PatchGANLoss
 
@@ -55,7 +54,7 @@ class VQLPIPS_Ref(PatchGANLoss):
                  G_step: int = 1, disc_num_layers: int = 0, disc_in_channels: int = 256,
                  disc_factor: float = 1.0, disc_weight: float = 1.0, reverse_weight: float = 1.0,
                  style_weight: float = 10.0, use_actnorm: bool = False, disc_conditional: bool = False,
-                 disc_ndf: int = 64, disc_loss: str = "hinge", **ignore):
+                 disc_ndf: int = 64, disc_loss: str = "hinge"):
         super().__init__(disc_start, disc_in_channels, disc_num_layers, use_actnorm, disc_ndf, disc_factor,
                          disc_weight, disc_loss, disc_conditional)
         if G_step < 1:

@@ -5,15 +5,13 @@ quant_conv_real, quantize_dec, post_quant_conv, decoder). Trained: model_x2y (SG
 """
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import nn
 
 from ..modules.autoencoder import Decoder, Encoder
 from ..modules.quantize import VectorQuantizer
 from ..modules.sga import SGAModule
-from .config import DEFAULT_SGA, check_image_size, latent_stride
+from .config import ConfigMixin, check_image_size, latent_stride, register_to_config
 
 
 def fuse(quantized: torch.Tensor, continuous: torch.Tensor, ratio) -> torch.Tensor:
@@ -23,14 +21,23 @@ def fuse(quantized: torch.Tensor, continuous: torch.Tensor, ratio) -> torch.Tens
     return ratio * quantized + (1.0 - ratio) * continuous
 
 
-class StyleTransfer(nn.Module):
-    def __init__(self, ddconfig: dict, n_embed: int, embed_dim: int, sga: dict | None = None,
-                 checkpoint_encoder: str | None = None, checkpoint_decoder: str | None = None,
-                 loss: nn.Module | None = None, trust: bool = False, **ignore):
+class StyleTransfer(ConfigMixin, nn.Module):
+    """Stage 2 (official `VQModel_Ref`): frozen content and art VQGANs around the trained SGA module.
+
+    Args (the official model.params, same names and defaults): ddconfig, n_embed, embed_dim,
+    use_residual (the skip inside every SGA attention block; official default True), use_conv,
+    use_selfatt, block_num (SGA blocks; the official model has 6); loss (training objective, not part of
+    the config). The constructor reads no file: the Stage 1 weights (official `checkpoint_encoder` /
+    `checkpoint_decoder`) are loaded by `quantart.checkpoint.load_stage1_weights`.
+    """
+
+    config_kind = "stage2"
+
+    @register_to_config
+    def __init__(self, ddconfig: dict, n_embed: int, embed_dim: int, use_residual: bool = True,
+                 use_conv: bool = True, use_selfatt: bool = True, block_num: int = 6,
+                 loss: nn.Module | None = None):
         super().__init__()
-        sga = {**DEFAULT_SGA, **(sga or {})}
-        self.config = {"kind": "stage2", "ddconfig": copy.deepcopy(dict(ddconfig)), "n_embed": n_embed,
-                       "embed_dim": embed_dim, "sga": dict(sga)}
         self.encoder = Encoder(**ddconfig)
         self.encoder_real = Encoder(**ddconfig)
         self.decoder = Decoder(**ddconfig)
@@ -39,38 +46,23 @@ class StyleTransfer(nn.Module):
         self.post_quant_conv = nn.Conv2d(embed_dim, ddconfig["z_channels"], 1)
         self.quantize_enc = VectorQuantizer(n_embed, embed_dim, beta=0.25)
         self.quantize_dec = VectorQuantizer(n_embed, embed_dim, beta=0.25)
-        self.model_x2y = SGAModule(embed_dim, **sga)
+        self.model_x2y = SGAModule(embed_dim, block_num=block_num, residual=use_residual, use_conv=use_conv,
+                                   use_selfatt=use_selfatt)
         self.loss = loss
         self.stride = latent_stride(ddconfig)
-        if checkpoint_encoder is not None:
-            self.load_content_vqgan(checkpoint_encoder, trust=trust)
-        if checkpoint_decoder is not None:
-            self.load_art_vqgan(checkpoint_decoder, trust=trust)
 
-    # -- frozen backbone from Stage 1 checkpoints -------------------------------------------
-    def load_content_vqgan(self, path: str, trust: bool = False) -> None:
-        """encoder, quant_conv, quantize → quantize_enc (the official `checkpoint_encoder`)."""
-        self._load_parts(path, {"encoder.": self.encoder, "quant_conv.": self.quant_conv,
-                                "quantize.": self.quantize_enc}, trust)
+    # -- the parts the official checkpoint_encoder / checkpoint_decoder fill ----------------------------
+    def content_vqgan_parts(self) -> dict:
+        """Stage 1 key prefix → module filled from the content VQGAN (official `checkpoint_encoder`)."""
+        return {"encoder.": self.encoder, "quant_conv.": self.quant_conv, "quantize.": self.quantize_enc}
 
-    def load_art_vqgan(self, path: str, trust: bool = False) -> None:
-        """encoder → encoder_real, quant_conv → quant_conv_real, decoder, post_quant_conv,
-        quantize → quantize_dec (the official `checkpoint_decoder`)."""
-        self._load_parts(path, {"encoder.": self.encoder_real, "quant_conv.": self.quant_conv_real,
-                                "decoder.": self.decoder, "post_quant_conv.": self.post_quant_conv,
-                                "quantize.": self.quantize_dec}, trust)
-
-    @staticmethod
-    def _load_parts(path, parts: dict, trust: bool) -> None:
-        from ..checkpoint import CheckpointError, load_strict, read_state_dict, select_prefix
-        sd = read_state_dict(path, trust=trust)
-        for prefix, module in parts.items():
-            part = select_prefix(sd, prefix)
-            if not part:
-                raise CheckpointError(f"{path}: not a Stage 1 VQGAN checkpoint (no '{prefix}*' weights)")
-            load_strict(module, part, f"{path} [{prefix}*]")
+    def art_vqgan_parts(self) -> dict:
+        """Stage 1 key prefix → module filled from the art VQGAN (official `checkpoint_decoder`)."""
+        return {"encoder.": self.encoder_real, "quant_conv.": self.quant_conv_real, "decoder.": self.decoder,
+                "post_quant_conv.": self.post_quant_conv, "quantize.": self.quantize_dec}
 
     def frozen_parameters(self):
+        """Every parameter but the SGA's (model_x2y) and the loss's: the frozen Stage 1 VQGANs."""
         for name, p in self.named_parameters():
             if not name.startswith(("model_x2y.", "loss.")):
                 yield p
@@ -87,12 +79,15 @@ class StyleTransfer(nn.Module):
         return self.quant_conv_real(self.encoder_real(ref))
 
     def encode(self, x: torch.Tensor):
+        """Content image → quantize_enc(content latent): (quant, loss, info)."""
         return self.quantize_enc(self.content_latent(x))
 
     def encode_real(self, x: torch.Tensor):
+        """Style image → quantize_dec(style latent): (quant, loss, info)."""
         return self.quantize_dec(self.style_latent(x))
 
     def decode(self, quant: torch.Tensor) -> torch.Tensor:
+        """Art-codebook latents → images (post_quant_conv, art decoder)."""
         return self.decoder(self.post_quant_conv(quant))
 
     def stylize_latent(self, h_x: torch.Tensor, quant_ref: torch.Tensor, content_ratio=1.0, output_ratio=1.0):
@@ -123,13 +118,10 @@ class StyleTransfer(nn.Module):
         return self.decode(quant_y)
 
     def forward(self, x, ref):
+        """(content, style) → (stylized image, codebook loss of the stylized latent)."""
         quant_x, quant_y, quant_ref, diff_x2y, _, _ = self.transfer(x, ref)
         return self.decode(quant_y), diff_x2y
 
     def get_last_layer(self) -> torch.Tensor:
-        return self.model_x2y.blocks[-1].attn_block.proj_out.weight
-
-    @classmethod
-    def from_checkpoint(cls, path, config=None, trust: bool = False) -> "StyleTransfer":
-        from ..checkpoint import load_model
-        return load_model(path, config=config, trust=trust, expect=cls)
+        """The official `get_last_layer` of Stage 2: the art codebook (unused by its fixed-weight loss)."""
+        return self.quantize_dec.embedding.weight

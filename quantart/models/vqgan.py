@@ -1,25 +1,30 @@
 """Stage 1: BaseVQGAN — encoder, vector quantizer, decoder (official QuantArt/taming VQModel)."""
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import nn
 
 from ..modules.autoencoder import Decoder, Encoder
 from ..modules.quantize import VectorQuantizer
-from .config import check_image_size, latent_stride
+from .config import ConfigMixin, check_image_size, latent_stride, register_to_config
 
 
-class BaseVQGAN(nn.Module):
-    """VQGAN. Images are NCHW float in [-1, 1]; H and W multiples of the latent stride."""
+class BaseVQGAN(ConfigMixin, nn.Module):
+    """VQGAN (official taming `VQModel`). Images are NCHW float in [-1, 1]; H and W multiples of the
+    latent stride.
 
+    Args: ddconfig (official Encoder/Decoder config), n_embed (codebook size), embed_dim (code width),
+    loss (training objective, not part of the config), use_quantize (official; False: no codebook),
+    beta, legacy (the quantizer's commitment weight and loss form; 0.25 / True are the official ones).
+    `model.config` records all of them but `loss` (see quantart.models.config).
+    """
+
+    config_kind = "stage1"
+
+    @register_to_config
     def __init__(self, ddconfig: dict, n_embed: int, embed_dim: int, loss: nn.Module | None = None,
-                 use_quantize: bool = True, ckpt_quantize: str | None = None, beta: float = 0.25,
-                 legacy: bool = True, **ignore):
+                 use_quantize: bool = True, beta: float = 0.25, legacy: bool = True):
         super().__init__()
-        self.config = {"kind": "stage1", "ddconfig": copy.deepcopy(dict(ddconfig)), "n_embed": n_embed,
-                       "embed_dim": embed_dim, "use_quantize": use_quantize}
         self.encoder = Encoder(**ddconfig)
         self.decoder = Decoder(**ddconfig)
         self.quantize = VectorQuantizer(n_embed, embed_dim, beta=beta, legacy=legacy)
@@ -28,19 +33,6 @@ class BaseVQGAN(nn.Module):
         self.loss = loss
         self.use_quantize = use_quantize
         self.stride = latent_stride(ddconfig)
-        if ckpt_quantize is not None:
-            self.load_quantizer(ckpt_quantize)
-
-    def load_quantizer(self, path: str, trust: bool = False) -> None:
-        """Take the codebook from another checkpoint (the official `ckpt_quantize`)."""
-        from ..checkpoint import read_state_dict, select_prefix
-        sd = read_state_dict(path, trust=trust)
-        for prefix in ("quantize.", "quantize_dec.", "quantize_enc."):
-            part = select_prefix(sd, prefix)
-            if part:
-                self.quantize.load_state_dict(part, strict=True)
-                return
-        raise ValueError(f"{path}: no quantizer weights (quantize.embedding.weight) in this checkpoint")
 
     def encode(self, x: torch.Tensor):
         """x → (quant, emb_loss, info) with info[2] the indices (B, h, w)."""
@@ -51,20 +43,19 @@ class BaseVQGAN(nn.Module):
         return self.quantize(h)
 
     def decode(self, quant: torch.Tensor) -> torch.Tensor:
+        """Quantized latents → images."""
         return self.decoder(self.post_quant_conv(quant))
 
     def decode_code(self, indices: torch.Tensor) -> torch.Tensor:
+        """Code indices (B, h, w) → images."""
         b, h, w = indices.shape
         return self.decode(self.quantize.get_codebook_entry(indices, (b, h, w, self.quantize.e_dim)))
 
     def forward(self, x: torch.Tensor):
+        """x → (reconstruction, codebook loss), as the official forward."""
         quant, diff, _ = self.encode(x)
         return self.decode(quant), diff
 
     def get_last_layer(self) -> torch.Tensor:
+        """The decoder's last conv weight (the adaptive GAN weight is taken on it)."""
         return self.decoder.conv_out.weight
-
-    @classmethod
-    def from_checkpoint(cls, path, config=None, trust: bool = False) -> "BaseVQGAN":
-        from ..checkpoint import load_model
-        return load_model(path, config=config, trust=trust, expect=cls)

@@ -7,6 +7,11 @@ from .blocks import AttnBlock, Downsample, Normalize, ResnetBlock, Upsample, non
 
 
 class Encoder(nn.Module):
+    """Image -> latent: conv_in, ``len(ch_mult)`` levels of ResnetBlocks (with attention at
+    ``attn_resolutions``) and stride-2 downsampling, a middle block with attention, GroupNorm, swish
+    and conv_out to ``z_channels`` (twice that with ``double_z``). The latent stride is
+    2**(len(ch_mult) − 1). Extra keyword arguments of official configs are ignored.
+    """
     def __init__(self, *, ch, out_ch=3, ch_mult=(1, 2, 4, 8), num_res_blocks, attn_resolutions, dropout=0.0,
                  resamp_with_conv=True, in_channels, resolution, z_channels, double_z=True, **ignore):
         super().__init__()
@@ -43,6 +48,7 @@ class Encoder(nn.Module):
                                   kernel_size=3, stride=1, padding=1)
 
     def forward(self, x):
+        """x (B, in_channels, H, W) -> latent (B, z_channels or 2·z_channels, H/stride, W/stride)."""
         h = self.conv_in(x)
         for i_level in range(self.num_resolutions):
             level = self.down[i_level]
@@ -57,6 +63,10 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
+    """Latent -> image: the mirror of :class:`Encoder` (conv_in from ``z_channels``, a middle block,
+    ``len(ch_mult)`` levels of ``num_res_blocks + 1`` ResnetBlocks with nearest-neighbour upsampling,
+    GroupNorm, swish, conv_out to ``out_ch``). ``give_pre_end`` returns the features before the head.
+    """
     def __init__(self, *, ch, out_ch, ch_mult=(1, 2, 4, 8), num_res_blocks, attn_resolutions, dropout=0.0,
                  resamp_with_conv=True, in_channels, resolution, z_channels, give_pre_end=False, **ignore):
         super().__init__()
@@ -96,6 +106,7 @@ class Decoder(nn.Module):
         self.conv_out = nn.Conv2d(block_in, out_ch, kernel_size=3, stride=1, padding=1)
 
     def forward(self, z):
+        """z (B, z_channels, h, w) -> image (B, out_ch, h·stride, w·stride) (features with ``give_pre_end``)."""
         h = self.conv_in(z)
         h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h)))
         for i_level in reversed(range(self.num_resolutions)):

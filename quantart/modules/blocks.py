@@ -5,8 +5,8 @@ Parameter names match the official code exactly so official state_dicts load wit
 from __future__ import annotations
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 
 def Normalize(in_channels: int) -> nn.GroupNorm:
@@ -21,6 +21,7 @@ def nonlinearity(x: torch.Tensor) -> torch.Tensor:
 
 
 class Upsample(nn.Module):
+    """×2 nearest-neighbour upsampling, then a 3×3 conv when ``with_conv``."""
     def __init__(self, in_channels: int, with_conv: bool = True):
         super().__init__()
         self.with_conv = with_conv
@@ -28,11 +29,15 @@ class Upsample(nn.Module):
             self.conv = nn.Conv2d(in_channels, in_channels, kernel_size=3, stride=1, padding=1)
 
     def forward(self, x):
+        """x (B, C, H, W) -> (B, C, 2H, 2W)."""
         x = F.interpolate(x, scale_factor=2.0, mode="nearest")
         return self.conv(x) if self.with_conv else x
 
 
 class Downsample(nn.Module):
+    """×2 downsampling: a stride-2 3×3 conv on the input padded by one on the right and bottom
+    (``with_conv``, the official asymmetric padding) or 2×2 average pooling.
+    """
     def __init__(self, in_channels: int, with_conv: bool = True):
         super().__init__()
         self.with_conv = with_conv
@@ -40,12 +45,16 @@ class Downsample(nn.Module):
             self.conv = nn.Conv2d(in_channels, in_channels, kernel_size=3, stride=2, padding=0)
 
     def forward(self, x):
+        """x (B, C, H, W) -> (B, C, H/2, W/2) (H, W even)."""
         if self.with_conv:
             return self.conv(F.pad(x, (0, 1, 0, 1), mode="constant", value=0.0))
         return F.avg_pool2d(x, kernel_size=2, stride=2)
 
 
 class ResnetBlock(nn.Module):
+    """Pre-activation residual block: GroupNorm, swish, 3×3 conv (twice, with dropout before the second);
+    a 1×1 (or 3×3 with ``conv_shortcut``) conv on the skip when the channel count changes.
+    """
     def __init__(self, *, in_channels: int, out_channels: int | None = None, conv_shortcut: bool = False,
                  dropout: float = 0.0, temb_channels: int = 0):
         super().__init__()
@@ -66,6 +75,9 @@ class ResnetBlock(nn.Module):
                 self.nin_shortcut = nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=1, padding=0)
 
     def forward(self, x, temb=None):
+        """x (B, in_channels, H, W) -> (B, out_channels, H, W); ``temb`` (B, temb_channels) is added
+        after the first conv when given (unused by QuantArt).
+        """
         h = self.conv1(nonlinearity(self.norm1(x)))
         if temb is not None:
             h = h + self.temb_proj(nonlinearity(temb))[:, :, None, None]
@@ -77,11 +89,17 @@ class ResnetBlock(nn.Module):
 
 class AttnBlock(nn.Module):
     """Single-head spatial attention. With `key`, cross-attention: k and v come from the same
-    GroupNorm applied to the key tensor, which may have any spatial size (its own token count)."""
+    GroupNorm applied to the key tensor, which may have any spatial size (its own token count).
 
-    def __init__(self, in_channels: int):
+    residual: the official `AttnBlock(residual=...)`: True returns x + proj_out(h) (the skip of every
+    attention block, the official default), False returns proj_out(h) alone (the official
+    `use_residual: False` SGA blocks).
+    """
+
+    def __init__(self, in_channels: int, residual: bool = True):
         super().__init__()
         self.in_channels = in_channels
+        self.residual = bool(residual)
         self.norm = Normalize(in_channels)
         self.q = nn.Conv2d(in_channels, in_channels, kernel_size=1)
         self.k = nn.Conv2d(in_channels, in_channels, kernel_size=1)
@@ -89,6 +107,9 @@ class AttnBlock(nn.Module):
         self.proj_out = nn.Conv2d(in_channels, in_channels, kernel_size=1)
 
     def forward(self, x, key=None):
+        """Self-attention over the positions of ``x`` (B, C, H, W), or cross-attention to ``key``
+        (B, C, h, w) when given; returns (B, C, H, W).
+        """
         h_ = self.norm(x)
         kv = h_ if key is None else self.norm(key)
         q, k, v = self.q(h_), self.k(kv), self.v(kv)
@@ -99,4 +120,5 @@ class AttnBlock(nn.Module):
         attn = F.softmax(attn.float(), dim=2).to(q.dtype)  # softmax statistics in FP32
         v = v.reshape(b, c, -1)                            # b, c, hw_k
         h_ = torch.bmm(v, attn.permute(0, 2, 1))           # b, c, hw_q
-        return x + self.proj_out(h_.reshape(b, c, h, w))
+        h_ = self.proj_out(h_.reshape(b, c, h, w))
+        return x + h_ if self.residual else h_

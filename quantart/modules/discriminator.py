@@ -55,6 +55,9 @@ class NLayerDiscriminator(nn.Module):
         return 3 * 2 ** max(self.n_layers, 1)
 
     def forward(self, x):
+        """x (B, input_nc, H, W) -> patch logits (B, 1, h, w). Raises ``ValueError`` when H or W is
+        below :meth:`min_input_size`.
+        """
         if min(x.shape[-2:]) < self.min_input_size():
             raise ValueError(f"discriminator input {tuple(x.shape[-2:])} is smaller than its minimum "
                              f"{self.min_input_size()}x{self.min_input_size()} (use larger images)")

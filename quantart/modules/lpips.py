@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from quantart_runtime.util import one_line
+
 VGG16_FILE = "vgg16-397923af.pth"
 VGG16_URL = f"https://download.pytorch.org/models/{VGG16_FILE}"
 VGG16_ENV = "QUANTART_VGG16"
@@ -84,12 +86,12 @@ class VGG16Features(nn.Module):
         try:
             sd = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # truncated / not a torch file
-            raise VGGWeightsNotFound(f"{path}: not a readable VGG16 weights file ({type(exc).__name__}: "
-                                     f"{str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ''})") from None
+            raise VGGWeightsNotFound(f"{path}: not a readable VGG16 weights file "
+                                     f"({one_line(exc, limit=200, with_type=True)})") from None
         if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
             sd = sd["state_dict"]
         own = {}
-        for i, end in enumerate(_SLICE_ENDS, 1):
+        for i in range(1, len(_SLICE_ENDS) + 1):
             for name, _ in getattr(self, f"slice{i}").named_parameters():
                 idx, kind = name.split(".")
                 own[f"slice{i}.{name}"] = (f"features.{idx}.{kind}", f"{idx}.{kind}")
@@ -111,6 +113,7 @@ class VGG16Features(nn.Module):
         self.load_state_dict(mapped, strict=True)
 
     def forward(self, x):
+        """x (B, 3, H, W), already scaled -> the five slice outputs (relu1_2 ... relu5_3)."""
         outs = []
         for i in range(1, 6):
             x = getattr(self, f"slice{i}")(x)
@@ -119,12 +122,14 @@ class VGG16Features(nn.Module):
 
 
 class ScalingLayer(nn.Module):
+    """LPIPS input scaling: ``(x − shift) / scale`` with the official per-channel constants."""
     def __init__(self):
         super().__init__()
         self.register_buffer("shift", torch.tensor([-0.030, -0.088, -0.188])[None, :, None, None])
         self.register_buffer("scale", torch.tensor([0.458, 0.448, 0.450])[None, :, None, None])
 
     def forward(self, inp):
+        """inp (B, 3, H, W) in [−1, 1] -> the scaled tensor, same shape."""
         return (inp - self.shift) / self.scale
 
 
@@ -139,6 +144,7 @@ class NetLinLayer(nn.Module):
 
 
 def normalize_tensor(x: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
+    """``x`` divided by its L2 norm over the channel dimension (``eps`` avoids a division by zero)."""
     norm = torch.sqrt(torch.sum(x ** 2, dim=1, keepdim=True))
     return x / (norm + eps)
 
@@ -168,6 +174,10 @@ class LPIPS(nn.Module):
         super().train(False)
 
     def load_heads(self, path) -> None:
+        """Load the ``lin0..lin4`` linear heads from the state_dict file ``path``.
+
+        Raises ``ValueError`` when a head is missing; ``OSError``/unpickling errors on an unreadable file.
+        """
         sd = torch.load(path, map_location="cpu", weights_only=True)
         heads = {k: v for k, v in sd.items() if k.startswith("lin")}
         missing = self.load_state_dict(heads, strict=False).missing_keys
@@ -176,9 +186,11 @@ class LPIPS(nn.Module):
             raise ValueError(f"{path}: LPIPS heads missing {', '.join(missing)}")
 
     def train(self, mode: bool = True):
+        """Always eval mode, whatever ``mode`` (the loss network is frozen); returns ``self``."""
         return super().train(False)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Perceptual distance of ``input`` and ``target`` (B, 3, H, W) in [−1, 1]; returns (B, 1, 1, 1)."""
         outs0 = self.net(self.scaling_layer(input))
         outs1 = self.net(self.scaling_layer(target))
         val = None

@@ -20,6 +20,9 @@ class VectorQuantizer(nn.Module):
         self.embedding.weight.data.uniform_(-1.0 / n_e, 1.0 / n_e)
 
     def nearest_indices(self, z_flat: torch.Tensor) -> torch.Tensor:
+        """Index of the nearest codebook row for each row of ``z_flat`` (N, e_dim) (squared L2
+        distance; lowest index on ties); returns (N,) int64.
+        """
         e = self.embedding.weight
         d = (torch.sum(z_flat ** 2, dim=1, keepdim=True) + torch.sum(e ** 2, dim=1)
              - 2 * torch.matmul(z_flat, e.t()))

@@ -7,6 +7,8 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.callbacks import Checkpoint
 
+from quantart_runtime.util.atomic import replace
+
 from .grid import save_grid
 
 LAST = "last.ckpt"
@@ -14,7 +16,7 @@ LAST = "last.ckpt"
 
 class AtomicCheckpoint(Checkpoint):
     """Writes `step-NNNNNNN.ckpt` every `every_n_steps` training steps and at the end, each to a temp
-    file in the same folder then os.replace'd into place, and points `last.ckpt` at the newest (also
+    file in the same folder then renamed into place, and points `last.ckpt` at the newest (also
     replaced atomically): a crash never leaves a half-written file as the latest checkpoint. Keeps the
     `keep` newest step files. (Lightning's ModelCheckpoint writes the file in place, hence this class.)"""
 
@@ -29,23 +31,31 @@ class AtomicCheckpoint(Checkpoint):
 
     @property
     def state_key(self) -> str:
+        """The key of this callback's state in a Lightning checkpoint."""
         return "AtomicCheckpoint"
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        """Lightning hook: save when the step is a positive multiple of ``every_n_steps``."""
         step = pl_module.step
         if step > 0 and step % self.every_n_steps == 0 and step != self.last_saved_step:
             self.save(trainer, step)
 
     def on_train_end(self, trainer, pl_module):
+        """Lightning hook: save the final step unless it was just saved."""
         if pl_module.step != self.last_saved_step:
             self.save(trainer, pl_module.step)
 
     def save(self, trainer: L.Trainer, step: int) -> Path:
+        """Write ``step-NNNNNNN.ckpt`` atomically, point ``last.ckpt`` at it and drop old step files.
+
+        Collective: every rank calls it, rank 0 writes. Returns the step file's path.
+        Raises ``OSError`` when the folder cannot be written.
+        """
         final = self.dirpath / f"step-{step:07d}.ckpt"
         tmp = self.dirpath / f".{final.name}.tmp"
         trainer.save_checkpoint(tmp, weights_only=False)  # collective: every rank calls it, rank 0 writes
         if trainer.is_global_zero:
-            os.replace(tmp, final)
+            replace(tmp, final)
             link_tmp = self.dirpath / f".{LAST}.tmp"
             link_tmp.unlink(missing_ok=True)
             try:
@@ -53,7 +63,7 @@ class AtomicCheckpoint(Checkpoint):
             except OSError:
                 import shutil
                 shutil.copyfile(final, link_tmp)
-            os.replace(link_tmp, self.dirpath / LAST)
+            replace(link_tmp, self.dirpath / LAST)
             self.saved = [p for p in self.saved if p != final] + [final]
             for old in self.saved[:-self.keep]:
                 old.unlink(missing_ok=True)
@@ -63,9 +73,11 @@ class AtomicCheckpoint(Checkpoint):
         return final
 
     def state_dict(self):
+        """The callback's resumable state: the last saved step and the kept step files."""
         return {"last_saved_step": self.last_saved_step, "saved": [str(p) for p in self.saved]}
 
     def load_state_dict(self, state_dict):
+        """Restore :meth:`state_dict`'s state on resume."""
         self.last_saved_step = state_dict.get("last_saved_step")
         self.saved = [Path(p) for p in state_dict.get("saved", [])]
 
@@ -81,6 +93,7 @@ class ImageGrids(L.Callback):
         self._last = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        """Lightning hook: on rank 0, every ``every_n_steps`` steps, write the preview grid."""
         step = pl_module.step
         if (self.every_n_steps < 1 or step == 0 or step % self.every_n_steps or step == self._last
                 or not trainer.is_global_zero):

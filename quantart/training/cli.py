@@ -19,7 +19,8 @@ COMMON_FLAGS = [
     click.option("--size", type=int, help="Training crop size."),
     click.option("--devices", type=int, help="Devices per node."),
     click.option("--num-nodes", type=int, help="Nodes (DDP)."),
-    click.option("--accelerator", type=click.Choice(["auto", "cpu", "gpu", "cuda", "mps"]), help="Lightning accelerator."),
+    click.option("--accelerator", type=click.Choice(["auto", "cpu", "gpu", "cuda", "mps"]),
+                 help="Lightning accelerator."),
     click.option("--precision", type=click.Choice(["32", "16-mixed", "bf16-mixed"]), help="Numeric precision."),
     click.option("--accumulate", type=int, help="Gradient accumulation batches per step."),
     click.option("--base-lr", type=float, help="lr = base-lr x batch size x devices x nodes x accumulate."),
@@ -35,6 +36,7 @@ COMMON_FLAGS = [
 
 
 def common(f):
+    """Decorator: add the flags both stages share (``COMMON_FLAGS``) to a click command."""
     for option in reversed(COMMON_FLAGS):
         f = option(f)
     return f
@@ -76,7 +78,7 @@ def _run(stage: str, opts: dict, data: dict, model: dict | None = None, loss: di
 
 @click.group()
 def train():
-    """Train Stage 1 (VQGAN) or Stage 2 (style transfer)."""
+    """Train Stage 1 (VQGAN) or Stage 2 (style transfer); flags override the preset and --config."""
 
 
 @train.command()
@@ -86,7 +88,11 @@ def train():
               help="torchvision VGG16 weights (vgg16-397923af.pth); default $QUANTART_VGG16 or the torch hub cache.")
 @common
 def stage1(folder, perceptual_weight, **opts):
-    """Train a VQGAN (encoder, codebook, decoder) on an image folder."""
+    """Train a VQGAN (encoder, codebook, decoder) on an image folder.
+
+    Writes checkpoints to OUT/checkpoints and the model to OUT/model. Exit code 2 on bad input (one
+    line on stderr), 3 when a loss becomes NaN/inf.
+    """
     loss = {"perceptual_weight": perceptual_weight} if perceptual_weight is not None else None
     _run("stage1", opts, {"folder": folder} if folder else {}, loss=loss)
 
@@ -99,7 +105,11 @@ def stage1(folder, perceptual_weight, **opts):
 @click.option("--style-weight", type=float, help="Style loss weight (official 10).")
 @common
 def stage2(content, style, encoder_ckpt, decoder_ckpt, style_weight, **opts):
-    """Train the style-guided attention (SGA) on frozen Stage 1 VQGANs."""
+    """Train the style-guided attention (SGA) on frozen Stage 1 VQGANs.
+
+    Writes checkpoints to OUT/checkpoints and the model to OUT/model. Exit code 2 on bad input (one
+    line on stderr), 3 when a loss becomes NaN/inf.
+    """
     if (content is None) != (style is None):
         raise click.UsageError("give both --content and --style")
     data = {"content": content, "style": style} if content else {}

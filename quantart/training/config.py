@@ -2,7 +2,9 @@
 
 A run is described by one plain dict (JSON-able, stored in every checkpoint):
   stage            "stage1" | "stage2"
-  model            ddconfig, n_embed, embed_dim (+ sga, checkpoint_encoder, checkpoint_decoder for stage2)
+  model            the model config (constructor arguments, see quantart.models.config) plus the weight
+                   initialisation the checkpoint layer performs: checkpoint_encoder / checkpoint_decoder
+                   (stage2: the Stage 1 VQGANs), ckpt_path / ignore_keys (official initialisation)
   loss             the official lossconfig.params
   base_lr          official model.base_learning_rate; lr = base_lr × batch_size × world × accumulate
   data             {"train": official dataset spec} or {"folder": DIR} / {"content": DIR, "style": DIR}
@@ -14,11 +16,33 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-from ..models.config import DEFAULT_DDCONFIG, DEFAULT_SGA
+from ..arch import read_official_yaml
+from ..models.build import check_config
+from ..models.config import ArchitectureError, official_config
 
 
 class ConfigError(ValueError):
     """A bad training configuration; the message is one line."""
+
+
+# spec["model"] keys that are not constructor arguments: weights the checkpoint layer loads
+INIT_KEYS = ("checkpoint_encoder", "checkpoint_decoder", "ckpt_path", "ignore_keys")
+
+
+def model_config(spec: dict) -> dict:
+    """The model config (with "kind") of a run spec: spec["model"] without the INIT_KEYS, checked.
+    Raises ConfigError (one line naming an unknown key)."""
+    cfg = {k: v for k, v in spec["model"].items() if k not in INIT_KEYS}
+    try:
+        return check_config({"kind": spec["stage"], **cfg}, "model")
+    except ArchitectureError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _model(kind: str, **overrides) -> dict:
+    cfg = official_config(kind)
+    del cfg["kind"]
+    return {**cfg, **overrides}
 
 
 STAGE1_LOSS = dict(disc_conditional=False, disc_in_channels=3, disc_start=10000, disc_weight=0.8,
@@ -33,19 +57,16 @@ TINY_DDCONFIG = dict(double_z=False, z_channels=16, resolution=32, in_channels=3
 PRESETS = {
     # the official full-size architecture and objectives
     "official": {
-        "stage1": dict(model=dict(ddconfig=DEFAULT_DDCONFIG, n_embed=1024, embed_dim=256), loss=STAGE1_LOSS,
-                       batch_size=5, size=256, max_steps=100000),
-        "stage2": dict(model=dict(ddconfig=DEFAULT_DDCONFIG, n_embed=1024, embed_dim=256, sga=DEFAULT_SGA),
-                       loss=STAGE2_LOSS, batch_size=8, size=256, max_steps=100000),
+        "stage1": dict(model=_model("stage1"), loss=STAGE1_LOSS, batch_size=5, size=256, max_steps=100000),
+        "stage2": dict(model=_model("stage2"), loss=STAGE2_LOSS, batch_size=8, size=256, max_steps=100000),
     },
     # a few-minute CPU model (the demo, smoke tests): crude results
     "tiny": {
-        "stage1": dict(model=dict(ddconfig=TINY_DDCONFIG, n_embed=64, embed_dim=16),
+        "stage1": dict(model=_model("stage1", ddconfig=TINY_DDCONFIG, n_embed=64, embed_dim=16),
                        loss=dict(STAGE1_LOSS, disc_start=200, disc_weight=0.8, perceptual_weight=0.0, disc_ndf=16,
                                  disc_num_layers=2),
                        batch_size=4, size=32, max_steps=300, base_lr=1e-4),
-        "stage2": dict(model=dict(ddconfig=TINY_DDCONFIG, n_embed=64, embed_dim=16,
-                                  sga=dict(DEFAULT_SGA, block_num=2)),
+        "stage2": dict(model=_model("stage2", ddconfig=TINY_DDCONFIG, n_embed=64, embed_dim=16, block_num=2),
                        loss=dict(STAGE2_LOSS, disc_in_channels=16, disc_ndf=16),
                        batch_size=4, size=32, max_steps=200, base_lr=1e-4),
     },
@@ -67,41 +88,28 @@ def preset(stage: str, name: str = "official") -> dict:
 
 
 def from_yaml(stage: str, path, base: dict | None = None) -> dict:
-    """Merge an official configs/*.yaml (model.params with ddconfig and lossconfig, data.params)."""
-    import yaml
-
+    """Merge an official configs/*.yaml into a run spec (default base: the official preset), through the
+    one official-YAML translator (quantart.arch.read_official_yaml): the model config exactly as the
+    official constructor reads model.params, lossconfig.params, base_learning_rate, the Stage 1
+    checkpoints / ckpt_path, and data.params (batch_size, num_workers, train).
+    Raises ConfigError (one line) for an unreadable file, an unknown key or a config of the other stage."""
     try:
-        with open(path) as f:
-            raw = yaml.safe_load(f) or {}
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the config ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(raw, dict) or "model" not in raw:
-        raise ConfigError(f"{path}: expected the official config shape (model.params, data.params)")
+        official = read_official_yaml(path)
+    except ArchitectureError as exc:
+        raise ConfigError(str(exc)) from None
+    if official.kind != stage:
+        raise ConfigError(f"{path}: a {official.kind} config (model.target), not a {stage} one")
     spec = copy.deepcopy(base) if base is not None else preset(stage)
-    model = raw.get("model") or {}
-    params = dict(model.get("params") or {})
-    if "ddconfig" not in params:
-        raise ConfigError(f"{path}: no model.params.ddconfig")
-    if "base_learning_rate" in model:
-        spec["base_lr"] = float(model["base_learning_rate"])
-    spec["model"] = {"ddconfig": dict(params["ddconfig"]), "n_embed": int(params.get("n_embed", 1024)),
-                     "embed_dim": int(params.get("embed_dim", 256))}
-    if stage == "stage2":
-        sga = dict(DEFAULT_SGA)
-        for key, official in (("residual", "use_residual"), ("use_conv", "use_conv"), ("use_selfatt", "use_selfatt")):
-            if official in params:
-                sga[key] = bool(params[official])
-        sga.update(params.get("sga") or {})
-        spec["model"]["sga"] = sga
-        for key in ("checkpoint_encoder", "checkpoint_decoder"):
-            if params.get(key):
-                spec["model"][key] = str(params[key])
-    loss = (params.get("lossconfig") or {}).get("params")
-    if loss:
-        spec["loss"] = dict(loss)
-    data = (raw.get("data") or {}).get("params") or {}
+    if official.base_lr is not None:
+        spec["base_lr"] = official.base_lr
+    spec["model"] = {k: v for k, v in official.model.items() if k != "kind"}
+    for key in INIT_KEYS:
+        value = getattr(official, key)
+        if value:
+            spec["model"][key] = str(value) if key != "ignore_keys" else list(value)
+    if official.loss:
+        spec["loss"] = dict(official.loss)
+    data = official.data
     if "batch_size" in data:
         spec["batch_size"] = int(data["batch_size"])
     if "num_workers" in data:
@@ -128,6 +136,8 @@ def apply_overrides(spec: dict, **overrides) -> dict:
 
 
 def validate(spec: dict) -> dict:
+    """Check a run spec (numbers, precision, the model config, the Stage 1 checkpoints, data); returns it.
+    Raises ConfigError (one line)."""
     positive = ("batch_size", "size", "max_steps", "every_n_steps", "devices", "num_nodes", "accumulate", "log_every")
     for key in positive:
         if not isinstance(spec.get(key), int) or spec[key] < 1:
@@ -138,15 +148,19 @@ def validate(spec: dict) -> dict:
     if str(spec["precision"]) not in PRECISIONS:
         raise ConfigError(f"precision must be one of 32, 16-mixed, bf16-mixed, got {spec['precision']!r}")
     spec["precision"] = str(spec["precision"])
-    stride = 2 ** (len(spec["model"]["ddconfig"]["ch_mult"]) - 1)
+    model = model_config(spec)
+    stride = 2 ** (len(model["ddconfig"]["ch_mult"]) - 1)
     if spec["size"] % stride:
         raise ConfigError(f"size {spec['size']} is not a multiple of the latent stride {stride}")
-    if spec["stage"] == "stage2":
+    if spec["model"].get("ckpt_path") and not Path(spec["model"]["ckpt_path"]).exists():
+        raise ConfigError(f"{spec['model']['ckpt_path']}: no such checkpoint (ckpt_path)")
+    if spec["stage"] == "stage2" and not spec["model"].get("ckpt_path"):  # official: ckpt_path replaces them
         for key in ("checkpoint_encoder", "checkpoint_decoder"):
             if not spec["model"].get(key):
                 raise ConfigError(f"stage2 needs {key.replace('checkpoint_', '--')}-ckpt (a Stage 1 checkpoint)")
             if not Path(spec["model"][key]).exists():
                 raise ConfigError(f"{spec['model'][key]}: no such checkpoint ({key})")
+    if spec["stage"] == "stage2":
         latent = spec["size"] // stride
         if latent < 6 and int(spec["loss"].get("disc_num_layers", 0)) == 0:
             raise ConfigError(f"size {spec['size']} gives {latent}x{latent} latents; the latent discriminator "

@@ -1,8 +1,14 @@
-"""`quantart demo`: train a tiny Stage 1 and Stage 2 on the sample images (CPU, a few minutes),
-stylize every sample content image with every sample style, and write a grid (content | style | result).
+"""`quantart demo`: the whole pipeline on the sample images, ending with measured results.
 
-Results of a few-minute CPU model are crude; they show that the whole pipeline works. For real
-results, load the official QuantArt checkpoints (`quantart.load_model(path)`).
+Default (the shipped weights, a few minutes on a CPU): the demo model in assets/demo_model (trained by
+`quantart train` with configs/demo_vqgan.yaml and configs/demo_stage2.yaml; assets/demo_model/TRAINING.md
+records the exact commands) → ONNX export (verified against PyTorch) → every content × style pair stylized
+through the torch-free runtime → per-pair metrics (quantart_runtime.quality: structure SSIM and palette gain)
+and grids. `--from-scratch` first trains Stage 1 and Stage 2 with the same configs (a long CPU job).
+
+Writes under OUT: onnx/ (the exported model), stylized/<style>/<content>.png, grid.png (one row per pair:
+content | style | result), grid_matrix.png (contents down, styles across), metrics.md and metrics.json,
+and with --from-scratch train/stage1 and train/stage2 (run folders).
 """
 from __future__ import annotations
 
@@ -12,80 +18,180 @@ from pathlib import Path
 
 import click
 
-ASSETS = Path(__file__).resolve().parents[2] / "assets"
+ROOT = Path(__file__).resolve().parents[2]
+ASSETS = ROOT / "assets"
+DEMO_MODEL = ASSETS / "demo_model"
+STAGE1_CONFIG = ROOT / "configs" / "demo_vqgan.yaml"
+STAGE2_CONFIG = ROOT / "configs" / "demo_stage2.yaml"
+SIZE = 128                    # the demo stylizes (and measures) at 128 × 128
+CONTENT_RATIO = 1.0           # discrete–continuous fusion knobs of the demo (see README, "Demo")
+OUTPUT_RATIO = 1.0
+STAGE1_STEPS = 3000           # the training lengths of the shipped weights (assets/demo_model/TRAINING.md)
+STAGE2_STEPS = 1000
+TARGETS = {"structure_ssim": 0.35, "palette_gain": 0.35}  # issue 15
 
 
-def _images(folder: Path, size: int):
-    from ..data import ImageFolderDataset
+def _with_root(spec: dict, **params) -> dict:
+    """The config's data.params.train with its folders made absolute (the YAMLs name repo-relative ones)."""
+    train = dict(spec["data"]["train"])
+    train["params"] = {**(train.get("params") or {}), **params}
+    return {"train": train}
 
-    ds = ImageFolderDataset(folder, size, random_crop=False)
-    return [ds[i]["image"] for i in range(len(ds))]
 
+def train_demo_model(out, stage1_steps: int = STAGE1_STEPS, stage2_steps: int = STAGE2_STEPS,
+                     progress: bool = True) -> Path:
+    """Train Stage 1 then Stage 2 on the sample images with the demo configs; returns the Stage 2 model dir.
 
-def run_demo(out, content=None, style=None, stage1_steps: int = 300, stage2_steps: int = 150, size: int = 32,
-             result_size: int = 128, seed: int = 0, progress: bool = True) -> dict:
-    """Train both tiny stages and write the grid; returns the paths it wrote."""
-    import torch
-
-    from .config import apply_overrides, preset
-    from .grid import save_grid
+    The same as the commands recorded in assets/demo_model/TRAINING.md, with the run folders under `out`.
+    Raises ConfigError / DataError on bad configs or data.
+    """
+    from .config import apply_overrides, from_yaml
     from .runner import fit
 
     out = Path(out)
-    content = Path(content) if content else ASSETS / "content"
-    style = Path(style) if style else ASSETS / "style"
-    common = dict(out=None, size=size, seed=seed, image_every=0, num_workers=0, accelerator="cpu", devices=1)
-    s1 = apply_overrides(preset("stage1", "tiny"), data={"train": {"target": "ImageFolderDataset", "params": {
-        "root": str(content.parent) if content.parent == style.parent else str(content)}}},
-        **{**common, "out": str(out / "stage1"), "max_steps": stage1_steps, "every_n_steps": stage1_steps})
-    if content.parent != style.parent:  # one shared VQGAN for content and art: train on both folders
-        s1["data"] = {"folder": str(content)}
+    s1 = from_yaml("stage1", STAGE1_CONFIG)
+    s1 = apply_overrides(s1, data=_with_root(s1, root=str(ASSETS)), out=str(out / "stage1"), accelerator="cpu",
+                         max_steps=stage1_steps, every_n_steps=max(1, min(500, stage1_steps)), image_every=0)
     r1 = fit(s1, progress_bar=progress)
-    s2 = apply_overrides(preset("stage2", "tiny"), data={"content": str(content), "style": str(style)},
-                         model={"checkpoint_encoder": str(r1.model_dir), "checkpoint_decoder": str(r1.model_dir)},
-                         **{**common, "out": str(out / "stage2"), "max_steps": stage2_steps,
-                            "every_n_steps": stage2_steps})
-    r2 = fit(s2, progress_bar=progress)
-    model = r2.module.model.eval()
-    contents, styles = _images(content, result_size), _images(style, result_size)
+    s2 = from_yaml("stage2", STAGE2_CONFIG)
+    ckpt = str(r1.last_checkpoint)
+    s2 = apply_overrides(s2, data=_with_root(s2, content_root=str(ASSETS / "content"),
+                                             style_root=str(ASSETS / "style")),
+                         model={"checkpoint_encoder": ckpt, "checkpoint_decoder": ckpt}, out=str(out / "stage2"),
+                         accelerator="cpu", max_steps=stage2_steps, every_n_steps=max(1, min(500, stage2_steps)),
+                         image_every=0)
+    return fit(s2, progress_bar=progress).model_dir
+
+
+def _images(folder: Path) -> list[Path]:
+    from quantart_runtime.files import IMAGE_EXTENSIONS
+
+    paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not paths:
+        raise click.BadParameter(f"{folder}: no images")
+    return paths
+
+
+def stylize_pairs(onnx_dir, content_dir, style_dir, out, size: int = SIZE, content_ratio: float = CONTENT_RATIO,
+                  output_ratio: float = OUTPUT_RATIO) -> list[dict]:
+    """Stylize every content image with every style image through the runtime (ONNX Runtime, CPU).
+
+    Images are resized (bicubic) to size × size first. Each result is written to
+    out/stylized/<style>/<content>.png; returns one dict per pair (names, the three uint8 arrays and both
+    quality metrics).
+    """
+    from quantart_runtime import Stylizer, load_image
+    from quantart_runtime.images import resize, save_image
+    from quantart_runtime.quality import pair_metrics
+
+    contents = [(p, resize(load_image(p), size, size)) for p in _images(content_dir)]
+    styles = [(p, resize(load_image(p), size, size)) for p in _images(style_dir)]
     rows = []
-    with torch.no_grad():
-        for c in contents:
-            for s in styles:
-                rows.append([c, s, model.stylize(c[None], s[None])[0]])
-    grid = save_grid(rows, out / "grid.png")
-    return {"grid": grid, "stage1_model": r1.model_dir, "stage2_model": r2.model_dir,
-            "stage2_checkpoint": r2.last_checkpoint}
+    with Stylizer.load(onnx_dir, backend="onnxruntime") as stylizer:
+        for sp, style in styles:
+            code = stylizer.encode_style(style, size=size)
+            results = stylizer.stylize([c for _, c in contents], code, content_ratio=content_ratio,
+                                       output_ratio=output_ratio)
+            for (cp, content), result in zip(contents, results):
+                save_image(result, Path(out) / "stylized" / sp.stem / f"{cp.stem}.png")
+                rows.append({"content": cp.name, "style": sp.name, "content_image": content, "style_image": style,
+                             "result_image": result, **pair_metrics(content, style, result)})
+    rows.sort(key=lambda r: (r["content"], r["style"]))
+    return rows
+
+
+def write_report(rows: list[dict], out) -> dict:
+    """grid.png, grid_matrix.png, metrics.md and metrics.json under `out`; returns their paths and the summary."""
+    from quantart_runtime.quality import markdown_table, summarize
+    from quantart_runtime.util import write_json, write_text
+
+    from .grid import save_grid
+
+    out = Path(out)
+    grid = save_grid([[r["content_image"], r["style_image"], r["result_image"]] for r in rows], out / "grid.png")
+    contents = list(dict.fromkeys(r["content"] for r in rows))
+    styles = list(dict.fromkeys(r["style"] for r in rows))
+    by = {(r["content"], r["style"]): r for r in rows}
+    blank = rows[0]["content_image"] * 0 + 255
+    matrix = [[blank] + [by[(contents[0], s)]["style_image"] for s in styles]]
+    matrix += [[by[(c, styles[0])]["content_image"]] + [by[(c, s)]["result_image"] for s in styles] for c in contents]
+    grid_matrix = save_grid(matrix, out / "grid_matrix.png")
+    summary = summarize(rows)
+    table = markdown_table(rows)
+    write_text(out / "metrics.md", table)
+    metrics = [{k: r[k] for k in ("content", "style", "structure_ssim", "palette_gain")} for r in rows]
+    write_json(out / "metrics.json", {"pairs": metrics, "summary": summary, "targets": TARGETS})
+    return {"grid": grid, "grid_matrix": grid_matrix, "table": table, "summary": summary}
+
+
+def run_demo(out, model=None, from_scratch: bool = False, content=None, style=None, size: int = SIZE,
+             content_ratio: float = CONTENT_RATIO, output_ratio: float = OUTPUT_RATIO,
+             stage1_steps: int = STAGE1_STEPS, stage2_steps: int = STAGE2_STEPS, progress: bool = True,
+             log=print) -> dict:
+    """Train (with from_scratch) → export → stylize every pair → metrics and grids; returns `write_report`'s dict.
+
+    model: a Stage 2 model directory or checkpoint (default: the shipped assets/demo_model).
+    Raises ExportError / VerificationError / CheckpointError / ConfigError / DataError on failures.
+    """
+    from quantart_export import export_model
+
+    out = Path(out)
+    if from_scratch:
+        log(f"training Stage 1 ({stage1_steps} steps) and Stage 2 ({stage2_steps} steps) on {ASSETS} ...")
+        model = train_demo_model(out / "train", stage1_steps, stage2_steps, progress)
+    model = Path(model) if model is not None else DEMO_MODEL
+    log(f"exporting {model} -> {out / 'onnx'} (verified against PyTorch)")
+    onnx_dir = export_model(model, out / "onnx", precision="fp32", verify=True, force=True,
+                            verify_res=[(size, size)], report=log)
+    log("stylizing every content x style pair through the runtime (ONNX Runtime, CPU)")
+    rows = stylize_pairs(onnx_dir, content or ASSETS / "content", style or ASSETS / "style", out, size,
+                         content_ratio, output_ratio)
+    return write_report(rows, out)
 
 
 @click.command()
 @click.option("--out", type=click.Path(file_okay=False), default="outputs/demo", show_default=True)
-@click.option("--content", type=click.Path(file_okay=False), help="Content images (default: the sample images).")
-@click.option("--style", type=click.Path(file_okay=False), help="Style images (default: the sample images).")
-@click.option("--stage1-steps", type=int, default=300, show_default=True)
-@click.option("--stage2-steps", type=int, default=150, show_default=True)
-@click.option("--size", type=int, default=32, show_default=True, help="Training crop size.")
-@click.option("--result-size", type=int, default=128, show_default=True, help="Size of the stylized images.")
-@click.option("--seed", type=int, default=0, show_default=True)
-def demo(out, content, style, stage1_steps, stage2_steps, size, result_size, seed):
-    """Train a tiny model on the sample images (CPU, a few minutes) and stylize them.
+@click.option("--model", type=click.Path(exists=True), help="Stage 2 model [default: assets/demo_model].")
+@click.option("--from-scratch", is_flag=True, help="Train Stage 1 + Stage 2 first (a long CPU job).")
+@click.option("--content", type=click.Path(file_okay=False, exists=True), help="Content images [default: samples].")
+@click.option("--style", type=click.Path(file_okay=False, exists=True), help="Style images [default: samples].")
+@click.option("--size", type=click.IntRange(16, 1024), default=SIZE, show_default=True,
+              help="Side the images are resized to (a multiple of the latent stride).")
+@click.option("--content-ratio", type=click.FloatRange(0, 1), default=CONTENT_RATIO, show_default=True)
+@click.option("--output-ratio", type=click.FloatRange(0, 1), default=OUTPUT_RATIO, show_default=True)
+@click.option("--stage1-steps", type=click.IntRange(1), default=STAGE1_STEPS, show_default=True)
+@click.option("--stage2-steps", type=click.IntRange(1), default=STAGE2_STEPS, show_default=True)
+@click.option("--no-progress", is_flag=True, help="No training progress bar.")
+def demo(out, model, from_scratch, content, style, size, content_ratio, output_ratio, stage1_steps, stage2_steps,
+         no_progress):
+    """Stylize the sample images with the shipped demo model through the runtime and measure the results.
 
-    The results of a few-minute CPU model are crude. For real results use the official checkpoints:
-    quantart.load_model("landscape2art.ckpt").stylize(content, style).
+    Exports the model (assets/demo_model unless --model; trained first with --from-scratch), stylizes every
+    content x style pair with ONNX Runtime, prints a table of structure SSIM and palette gain per pair
+    (quantart_runtime.quality) and writes OUT/grid.png (content | style | result), OUT/grid_matrix.png,
+    OUT/metrics.md and OUT/metrics.json. Exit code 2 on bad input or a failed export.
     """
+    from quantart_export import ExportError, VerificationError
+
+    from ..checkpoint import CheckpointError
     from ..data import DataError
     from .config import ConfigError
 
-    if not content and not (ASSETS / "content").is_dir():
-        raise click.ClickException(f"no sample images at {ASSETS}; pass --content DIR --style DIR")
     start = time.time()
     try:
-        paths = run_demo(out, content, style, stage1_steps, stage2_steps, size, result_size, seed)
-    except (ConfigError, DataError, ValueError) as exc:
-        click.echo(f"Error: {exc}", err=True)
+        report = run_demo(out, model, from_scratch, content, style, size, content_ratio, output_ratio,
+                          stage1_steps, stage2_steps, progress=not no_progress, log=click.echo)
+    except (ConfigError, DataError, CheckpointError, ExportError, VerificationError, ValueError,
+            click.BadParameter) as exc:
+        from quantart_runtime.util import one_line
+
+        click.echo(f"Error: {one_line(exc)}", err=True)
         sys.exit(2)
-    click.echo(f"demo finished in {time.time() - start:.0f} s (a tiny CPU model: crude results)")
-    click.echo(f"grid (content | style | result): {paths['grid']}")
-    click.echo(f"stage 1 model: {paths['stage1_model']}")
-    click.echo(f"stage 2 checkpoint: {paths['stage2_checkpoint']}")
-    click.echo(f"stage 2 model: {paths['stage2_model']}")
+    click.echo(report["table"])
+    for key, target in TARGETS.items():
+        mean = report["summary"][key]["mean"]
+        verdict = "met" if mean >= target else "missed"
+        click.echo(f"mean {key.replace('_', ' ')}: {mean:.3f} (target >= {target}: {verdict})")
+    click.echo(f"grid (content | style | result): {report['grid']}")
+    click.echo(f"grid (contents x styles): {report['grid_matrix']}")
+    click.echo(f"demo finished in {time.time() - start:.0f} s")

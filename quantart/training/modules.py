@@ -119,6 +119,10 @@ class Stage1Module(_QuantArtModule):
     """Trains a BaseVQGAN whose `loss` is a VQLPIPSWithDiscriminator (official VQModel.training_step)."""
 
     def training_step(self, batch, batch_idx):
+        """One training step on ``batch['image']``: a generator update (reconstruction, codebook,
+        perceptual and, after ``disc_start``, adversarial loss), then a discriminator update on a fresh
+        forward pass. Raises ``NonFiniteLossError`` when a loss is NaN/inf (before any weight changes).
+        """
         x = batch["image"]
         opt_g, opt_d = self.optimizers()
         step, vq, loss_fn = self.step, self.model, self.model.loss
@@ -133,9 +137,10 @@ class Stage1Module(_QuantArtModule):
             xrec_d, qloss_d = vq(x)
         d_loss, log_d = loss_fn(qloss_d, x, xrec_d, 1, step, last_layer=None, split="train")
         self._discriminator_update(opt_d, d_loss, log_d, g_stepped)
-        self._log(log_g, log_d, ("train/l1_loss", "train/total_loss", "train/disc_loss"))
+        self._log(log_g, log_d, ("train/rec_loss", "train/total_loss", "train/disc_loss"))
 
     def configure_optimizers(self):
+        """Two Adam optimizers: encoder/decoder/quantizer/convs (generator) and the discriminator."""
         vq = self.model
         gen = (list(vq.encoder.parameters()) + list(vq.decoder.parameters()) + list(vq.quantize.parameters())
                + list(vq.quant_conv.parameters()) + list(vq.post_quant_conv.parameters()))
@@ -143,6 +148,7 @@ class Stage1Module(_QuantArtModule):
 
     @torch.no_grad()
     def preview(self, batch, n: int = 4):
+        """Rows ``[input, reconstruction]`` of the first ``n`` images of ``batch`` (for image grids)."""
         x = batch["image"][:n]
         return [[xi, ri] for xi, ri in zip(x, self.model(x)[0])]
 
@@ -157,11 +163,13 @@ class Stage2Module(_QuantArtModule):
             p.requires_grad = False
 
     def frozen_modules(self):
+        """The modules that stay frozen and in eval mode: encoders, decoder, quantizers and their convs."""
         m = self.model
         return [m.encoder, m.encoder_real, m.decoder, m.quant_conv, m.quant_conv_real, m.post_quant_conv,
                 m.quantize_enc, m.quantize_dec]
 
     def train(self, mode: bool = True):
+        """Set the training mode like ``nn.Module.train``, keeping the frozen modules in eval mode."""
         super().train(mode)
         self._freeze_modes()
         return self
@@ -173,12 +181,18 @@ class Stage2Module(_QuantArtModule):
 
     # Lightning restores each submodule's mode by itself (around validation, at the end): re-assert
     def on_train_batch_start(self, batch, batch_idx):
+        """Lightning hook: re-assert eval mode on the frozen modules before every batch."""
         self._freeze_modes()
 
     def on_train_end(self):
+        """Lightning hook: re-assert eval mode on the frozen modules after training."""
         self._freeze_modes()
 
     def training_step(self, batch, batch_idx):
+        """One training step on ``batch['content']`` / ``batch['style']``: an SGA (generator) update
+        with the style, reverse and adversarial losses, then a latent discriminator update.
+        Raises ``NonFiniteLossError`` when a loss is NaN/inf (before any weight changes).
+        """
         x, ref = batch["content"], batch["style"]
         opt_g, opt_d = self.optimizers()
         step, st, loss_fn = self.step, self.model, self.model.loss
@@ -198,11 +212,13 @@ class Stage2Module(_QuantArtModule):
         self._log(log_g, log_d, ("train/style_loss", "train/reverse_loss", "train/disc_loss"))
 
     def configure_optimizers(self):
+        """Two Adam optimizers: ``model_x2y`` (SGA) and the latent discriminator."""
         return [self._adam(self.model.model_x2y.parameters()),
                 self._adam(self.model.loss.discriminator.parameters())]
 
     @torch.no_grad()
     def preview(self, batch, n: int = 4):
+        """Rows ``[content, style, stylized]`` of the first ``n`` pairs of ``batch`` (for image grids)."""
         x, ref = batch["content"][:n], batch["style"][:n]
         out = self.model.stylize(x, ref)
         return [[a, b, c] for a, b, c in zip(x, ref, out)]

@@ -19,6 +19,9 @@ from .sampling import ResumableBatchSampler
 
 @dataclass
 class TrainResult:
+    """What :func:`fit` returns: the run folder, the saved model, the last checkpoint, the step count
+    and the LightningModule.
+    """
     out: Path            # the run folder
     model_dir: Path      # <out>/model: quantart.save_model format (config.json + model.safetensors)
     last_checkpoint: Path  # <out>/checkpoints/last.ckpt: Lightning checkpoint, official key names
@@ -26,24 +29,48 @@ class TrainResult:
     module: object       # the LightningModule (its .model is the trained BaseVQGAN / StyleTransfer)
 
 
-def build_model(spec: dict):
-    from ..losses import VQLPIPS_Ref, VQLPIPSWithDiscriminator
-    from ..models import BaseVQGAN, StyleTransfer
+def build_training_model(spec: dict):
+    """Build the network to train, with its loss attached, from a validated run spec.
 
-    m = spec["model"]
-    if spec["stage"] == "stage1":
-        loss = VQLPIPSWithDiscriminator(**{"vgg_weights": spec.get("vgg_weights"), **spec["loss"]})
-        return BaseVQGAN(m["ddconfig"], m["n_embed"], m["embed_dim"], loss=loss)
-    if int(spec["loss"].get("disc_in_channels", m["embed_dim"])) != int(m["embed_dim"]):
-        raise ConfigError(f"stage2 latent discriminator: disc_in_channels {spec['loss']['disc_in_channels']} "
-                          f"must equal embed_dim {m['embed_dim']}")
-    loss = VQLPIPS_Ref(**{**spec["loss"], "disc_in_channels": m["embed_dim"]})
-    return StyleTransfer(m["ddconfig"], m["n_embed"], m["embed_dim"], sga=m.get("sga"),
-                         checkpoint_encoder=m["checkpoint_encoder"], checkpoint_decoder=m["checkpoint_decoder"],
-                         loss=loss)
+    Stage 1: a ``BaseVQGAN`` with ``VQLPIPSWithDiscriminator``; Stage 2: a ``StyleTransfer`` (frozen
+    encoder/decoder loaded by the checkpoint layer from ``checkpoint_encoder`` / ``checkpoint_decoder``)
+    with ``VQLPIPS_Ref``; the official ``ckpt_path`` (when given) initialises the weights instead.
+    (Not :func:`quantart.checkpoint.build_model`, which builds a bare model from a saved config.)
+
+    Args: spec: a run spec (:func:`quantart.training.config.validate`).
+    Returns: the ``nn.Module``. Raises: ``ConfigError`` when the Stage 2 latent discriminator's
+    ``disc_in_channels`` differs from ``embed_dim``; the loss/checkpoint errors of the constructors.
+    """
+    from ..checkpoint import build_model, init_from_checkpoint, load_stage1_weights
+    from ..losses import VQLPIPS_Ref, VQLPIPSWithDiscriminator
+    from .config import model_config
+
+    m, cfg = spec["model"], model_config(spec)
+    try:
+        if spec["stage"] == "stage1":
+            loss = VQLPIPSWithDiscriminator(**{"vgg_weights": spec.get("vgg_weights"), **spec["loss"]})
+        else:
+            if int(spec["loss"].get("disc_in_channels", cfg["embed_dim"])) != int(cfg["embed_dim"]):
+                raise ConfigError(f"stage2 latent discriminator: disc_in_channels "
+                                  f"{spec['loss']['disc_in_channels']} must equal embed_dim {cfg['embed_dim']}")
+            loss = VQLPIPS_Ref(**{**spec["loss"], "disc_in_channels": cfg["embed_dim"]})
+    except TypeError as exc:  # an unknown loss parameter (flags / presets; YAML keys are checked earlier)
+        raise ConfigError(f"loss: {exc}") from None
+    model = build_model(cfg, loss=loss)
+    # weights come from the checkpoint layer, as the official constructors' ckpt_path / checkpoint_*
+    if m.get("ckpt_path"):
+        init_from_checkpoint(model, m["ckpt_path"], ignore_keys=m.get("ignore_keys") or ())
+    elif spec["stage"] == "stage2":
+        load_stage1_weights(model, m.get("checkpoint_encoder"), m.get("checkpoint_decoder"))
+    return model
 
 
 def build_dataset(spec: dict):
+    """The training dataset of a run spec: an official ``data.train`` config, an image folder (Stage 1)
+    or unpaired content/style folders (Stage 2), random crops at ``spec['size']``.
+
+    Raises: ``DataError`` (from quantart.data) when a folder has no usable images.
+    """
     from ..data import ImageFolderDataset, UnpairedDataset, dataset_from_config
 
     data, size, seed = spec["data"], spec["size"], spec["seed"]
@@ -59,8 +86,8 @@ def _loggers(out: Path):
 
     loggers = [CSVLogger(str(out), name="logs", version="")]
     try:
-        from lightning.pytorch.loggers import TensorBoardLogger
         import tensorboard  # noqa: F401  (the logger needs it or tensorboardX)
+        from lightning.pytorch.loggers import TensorBoardLogger
         loggers.append(TensorBoardLogger(str(out), name="tensorboard", version=""))
     except ImportError:
         warnings.warn("tensorboard is not installed: CSV logs only (pip install tensorboard for TensorBoard logs)",
@@ -69,6 +96,11 @@ def _loggers(out: Path):
 
 
 def resolve_resume(resume, out: Path) -> str | None:
+    """The checkpoint path to resume from: ``None``/``''`` -> ``None``; ``'last'`` ->
+    ``<out>/checkpoints/last.ckpt``; a folder -> its ``last.ckpt``; else the path itself.
+
+    Raises: ``ConfigError`` when that file does not exist.
+    """
     if resume in (None, "", False):
         return None
     path = out / "checkpoints" / LAST if str(resume) == "last" else Path(resume)
@@ -80,14 +112,22 @@ def resolve_resume(resume, out: Path) -> str | None:
 
 
 def fit(spec: dict, resume=None, callbacks=(), progress_bar: bool = True) -> TrainResult:
-    """Train one stage as `spec` says (see quantart.training.config); resume=path | 'last' | None."""
+    """Train one stage as `spec` says (see quantart.training.config) with Lightning.
+
+    Args: spec: the run spec; resume: a checkpoint path, ``'last'`` or ``None`` (fresh run);
+    callbacks: extra Lightning callbacks; progress_bar: show Lightning's progress bar.
+    Returns: a :class:`TrainResult` (``<out>/model`` written by rank 0, checkpoints every
+    ``every_n_steps`` and at the end). Raises: ``ConfigError`` on a bad spec or resume path,
+    ``DataError`` when there are no usable images, ``NonFiniteLossError`` when a loss is NaN/inf
+    (the last good checkpoint is kept).
+    """
     import lightning as L
 
     spec = validate(dict(spec))
     out = Path(spec["out"])
     ckpt_path = resolve_resume(resume, out)
     L.seed_everything(int(spec["seed"]), workers=True, verbose=False)
-    model = build_model(spec)
+    model = build_training_model(spec)
     dataset = build_dataset(spec)
     sampler = ResumableBatchSampler(dataset, spec["batch_size"], seed=spec["seed"])
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=int(spec["num_workers"]),

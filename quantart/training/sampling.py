@@ -43,6 +43,7 @@ class ResumableBatchSampler(Sampler):
         return max(1, self.n // (self.batch_size * world))
 
     def resume(self, batches_done: int) -> None:
+        """Continue from batch ``batches_done`` of the data order (set when a checkpoint is restored)."""
         self.position = int(batches_done)
 
     def order(self, epoch: int) -> np.ndarray:

@@ -1,25 +1,31 @@
 """The backend seam: one Runner per backend (Polygraphy style), so a new backend is one file.
 
 Backends are imported lazily by module path, so this package imports with numpy alone:
-``onnxruntime`` (embedded default) and ``tensorrt`` (``quantart_runtime.backends.tensorrt``).
-``"auto"`` picks TensorRT when its runner reports itself available (TensorRT importable and a GPU
-present), else ONNX Runtime (which itself uses the CUDA provider when onnxruntime-gpu and a GPU are
-there, else the CPU provider).
+``onnxruntime`` (embedded default), ``tensorrt`` and ``openvino`` (CPU, FP32/BF16 per graph).
+
+``choose_backend`` is what ``Stylizer.load`` uses: for ``backend="auto"`` without a precision it
+picks TensorRT > ONNX Runtime CUDA > OpenVINO with the verified precision plan of this model on this
+CPU (``quantart_runtime.verify.plan_for``: verified once, then cached) > ONNX Runtime CPU FP32, and
+returns the reason of its choice. ``select_backend`` picks a Runner class without a model
+(TensorRT > ONNX Runtime), for callers that bring their own precision.
 """
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass, field
 
-from ..errors import BackendError
+from ..errors import BackendError, ModelError
 from .base import Runner
 
 BACKENDS = {
     "onnxruntime": ("quantart_runtime.backends.onnxruntime", "OnnxRuntimeRunner"),
     "tensorrt": ("quantart_runtime.backends.tensorrt", "TensorRTRunner"),
+    "openvino": ("quantart_runtime.backends.openvino", "OpenVINORunner"),
 }
 AUTO_ORDER = ("tensorrt", "onnxruntime")
 
-__all__ = ["BACKENDS", "Runner", "available_backends", "get_runner_class", "select_backend"]
+__all__ = ["BACKENDS", "Choice", "Runner", "available_backends", "choose_backend", "get_runner_class",
+           "select_backend"]
 
 
 def get_runner_class(name: str) -> type[Runner]:
@@ -68,3 +74,109 @@ def select_backend(name: str = "auto") -> type[Runner]:
     if cls is None:
         raise BackendError(f"backend {name!r} is not available: {reason}")
     return cls
+
+_OPENVINO_ONLY = ("capabilities", "cache_dir", "hint", "plan")
+
+
+@dataclass
+class Choice:
+    """What ``choose_backend`` picked: backend name, the manifest precision its graphs come from
+    (``graph_precision``), the precision label shown to users (``precision``: "fp32", "bf16" or a
+    plan such as "decoder bf16, the rest fp32"), runner options (e.g. the plan) and why."""
+    backend: str
+    graph_precision: str
+    precision: str
+    options: dict = field(default_factory=dict)
+    reason: str = ""
+
+
+def _ort_cuda(device: int) -> tuple[bool, str]:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return False, "onnxruntime is not installed"
+    from .onnxruntime import CUDA, _gpu_visible
+
+    if CUDA not in ort.get_available_providers():
+        return False, "no CUDA provider in this onnxruntime"
+    if not _gpu_visible(device):
+        return False, "no GPU visible"
+    return True, ""
+
+
+def _openvino_plan(model_dir, options: dict) -> tuple[Choice | None, str]:
+    cls, reason = _availability("openvino")
+    if cls is None:
+        return None, f"openvino: {reason}"
+    from ..verify import plan_for
+    from .openvino import cpu_capabilities
+
+    caps = options.get("capabilities")
+    caps = [str(c) for c in (caps if caps is not None else cpu_capabilities())]
+    if "BF16" not in caps:
+        return None, "openvino: this CPU reports no BF16 (OPTIMIZATION_CAPABILITIES), FP32 stays on ONNX Runtime"
+    try:
+        result = plan_for(model_dir, "openvino", "bf16", **options)
+    except ModelError as exc:  # e.g. an export without verification data
+        from ..util import one_line
+
+        return None, f"openvino: {one_line(exc)}"
+    low = [g for g, p in result.plan.items() if p == "bf16"]
+    if not low:
+        return None, f"openvino: the verified plan keeps every graph fp32 ({result.reason})"
+    label = f"{', '.join(low)} bf16" + (", the rest fp32" if len(low) < len(result.plan) else "")
+    how = "cached plan" if result.cached else "verified now"
+    return Choice("openvino", "fp32", label, {**options, "plan": dict(result.plan)},
+                  f"openvino on this CPU with the verified plan ({how}: {result.reason})"), ""
+
+
+def choose_backend(model_dir, backend: str = "auto", precision: str | None = None, device: int = 0,
+                   **options) -> Choice:
+    """Pick backend and precision for a model (see the module docstring); ``BackendError`` says why not.
+
+    Args:
+        model_dir: the exported model directory (its verified plan is looked up for OpenVINO).
+        backend: "auto" or a key of BACKENDS.
+        precision: None (auto: the fastest verified), "fp32", "fp16" or "bf16" (OpenVINO).
+        device: GPU ordinal. options: runner options (``capabilities`` also steers the BF16 check).
+    Returns:
+        a ``Choice`` with the reason.
+    """
+    if backend != "auto":
+        select_backend(backend)
+        if precision == "bf16" and backend != "openvino":
+            raise BackendError(f"precision bf16 runs on the openvino backend, not {backend}")
+        graph_precision = "fp32" if precision in (None, "bf16") else precision
+        label = precision or "fp32"
+        opts = dict(options)
+        if backend == "openvino" and precision == "bf16":
+            opts["plan"] = {g: "bf16" for g in ("content_encoder", "style_encoder", "sga", "decoder")}
+        return Choice(backend, graph_precision, label, opts, f"backend {backend} asked for")
+    if precision == "bf16":
+        select_backend("openvino")
+        plan = {g: "bf16" for g in ("content_encoder", "style_encoder", "sga", "decoder")}
+        return Choice("openvino", "fp32", "bf16", {**options, "plan": plan},
+                      "precision bf16 asked for: openvino with every graph bf16 (not verified)")
+    if precision is not None:
+        cls = select_backend("auto")
+        return Choice(cls.name, precision, precision, dict(options),
+                      f"precision {precision} asked for: {cls.name} (TensorRT > ONNX Runtime)")
+    reasons = []
+    plain = {k: v for k, v in options.items() if k not in _OPENVINO_ONLY}
+    cls, reason = _availability("tensorrt")
+    if cls is not None:
+        return Choice("tensorrt", "fp32", "fp32", plain, "TensorRT and a GPU are available")
+    reasons.append(f"tensorrt: {reason}")
+    ok, reason = _ort_cuda(device)
+    if ok:
+        return Choice("onnxruntime", "fp32", "fp32", plain,
+                      "ONNX Runtime CUDA (no TensorRT: " + reasons[0] + ")")
+    reasons.append(f"onnxruntime CUDA: {reason}")
+    ov_options = {k: v for k, v in options.items() if k in _OPENVINO_ONLY}
+    choice, reason = _openvino_plan(model_dir, ov_options)
+    if choice is not None:
+        return choice
+    reasons.append(reason)
+    select_backend("onnxruntime")
+    return Choice("onnxruntime", "fp32", "fp32", plain,
+                  "ONNX Runtime CPU FP32 (" + "; ".join(reasons) + ")")

@@ -195,7 +195,7 @@ def find_nearest_code_subgraphs(model) -> list[Rewrite]:
 def replace_nearest_code(model, aot: bool = True):
     """Return (rewritten copy of `model`, list[Rewrite]). The input model is not modified."""
     onnx = _onnx()
-    from onnx import helper, numpy_helper, TensorProto
+    from onnx import TensorProto, helper, numpy_helper
 
     model = onnx.ModelProto.FromString(model.SerializeToString())
     graph = model.graph
@@ -279,4 +279,5 @@ def _eliminate_dead(graph):
 
 
 def plugin_nodes(model):
+    """The quantart::nearest_code plugin nodes of ``model`` (after ``replace_nearest_code``)."""
     return [n for n in model.graph.node if n.op_type == PLUGIN_NAME and n.domain == PLUGIN_DOMAIN]

@@ -1,113 +1,57 @@
-"""TensorRT backend (`backend="tensorrt"`): strongly typed engines with the fused nearest-code plugin.
+"""TensorRT backend (``backend="tensorrt"``): runs the engines that ``trt_engine.EngineLoader`` builds or loads.
 
-Per graph of the chosen precision: verify the ONNX file's sha256, replace each nearest-codebook
-subgraph by the quantart::nearest_code plugin (graph_rewrite), then load the engine from the on-disk
-cache or build it (strongly typed network, one optimization profile, shared timing cache).
-Execution is asynchronous on one CUDA stream through cuda-python: pinned host staging buffers,
-device buffers that grow as needed, an event to wait on. Outputs named in `keep_on_device` come back
-as DeviceTensor (e.g. a style code reused across many content images) and are accepted as feeds.
+One CUDA stream (cuda-python) for everything; per graph one execution context with user-managed
+context memory: before each call the runner asks TensorRT how much scratch the call's shapes need
+(``update_device_memory_size_for_shapes``) and hands it one shared, grow-only device buffer, so a
+profile up to batch 32 at 1024² does not reserve its worst case per context at activation.
+
+Device data path (``infer(..., host_outputs=False)``): outputs stay on the device as ``DeviceArray``
+values that the next ``infer`` accepts as feeds; ``to_device`` uploads once (style code, ratios),
+``broadcast`` repeats a batch-1 value on the device; numpy feeds go through pinned staging buffers
+(``staging()`` hands them out, so preprocessing writes straight into pinned memory) with one
+asynchronous H2D copy each; host outputs come back with one D2H copy into pinned memory.
 """
 from __future__ import annotations
 
-import ctypes
-import hashlib
-import os
-from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
-from ..engine_cache import EngineCache
 from ..errors import BackendError
+from . import cuda_mem as cm
 from .base import Runner
-
-MIN_TENSORRT = (10, 12)
-
-
-def _cudart():
-    from cuda.bindings import runtime as cudart
-    return cudart
-
-
-def _check(result):
-    cudart = _cudart()
-    err, *vals = result if isinstance(result, tuple) else (result,)
-    if err != cudart.cudaError_t.cudaSuccess:
-        raise RuntimeError(f"CUDA error: {cudart.cudaGetErrorString(err)[1].decode()}")
-    return vals[0] if len(vals) == 1 else tuple(vals)
-
-
-class DeviceTensor:
-    """A tensor in device memory owned by this object (free() or garbage collection releases it)."""
-
-    def __init__(self, shape, dtype, ptr=None):
-        self.shape, self.dtype = tuple(int(s) for s in shape), np.dtype(dtype)
-        self.nbytes = int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
-        self.ptr = ptr if ptr is not None else _check(_cudart().cudaMalloc(max(self.nbytes, 1)))
-
-    def to_host(self) -> np.ndarray:
-        out = np.empty(self.shape, self.dtype)
-        _check(_cudart().cudaMemcpy(out.ctypes.data, self.ptr, self.nbytes,
-                                    _cudart().cudaMemcpyKind.cudaMemcpyDeviceToHost))
-        return out
-
-    def free(self):
-        if self.ptr:
-            _check(_cudart().cudaFree(self.ptr))
-            self.ptr = 0
-
-    def __del__(self):
-        try:
-            self.free()
-        except Exception:
-            pass
-
-
-class _Staging:
-    """Grow-only device buffer + pinned host buffer for one I/O tensor."""
-
-    def __init__(self):
-        self.cap, self.dptr, self.hptr, self.host = 0, 0, 0, None
-
-    def reserve(self, nbytes):
-        if nbytes <= self.cap:
-            return
-        self.release()
-        cudart = _cudart()
-        self.cap = max(int(nbytes), 256)
-        self.dptr = _check(cudart.cudaMalloc(self.cap))
-        self.hptr = _check(cudart.cudaHostAlloc(self.cap, cudart.cudaHostAllocDefault))
-        self.host = np.ctypeslib.as_array(ctypes.cast(self.hptr, ctypes.POINTER(ctypes.c_uint8)), (self.cap,))
-
-    def release(self):
-        if self.cap:
-            _check(_cudart().cudaFree(self.dptr))
-            _check(_cudart().cudaFreeHost(self.hptr))
-        self.cap, self.dptr, self.hptr, self.host = 0, 0, 0, None
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _source_hash() -> str:
-    """Engines embed the plugin's PTX: a change to the kernel or the rewrite must invalidate them."""
-    here = Path(__file__).resolve().parent
-    files = [here.parent / "kernels" / "nearest_code.py", here / "graph_rewrite.py", here / "trt_plugin.py"]
-    return _sha256(b"".join(f.read_bytes() for f in files))
+from .trt_engine import MIN_TENSORRT, PROFILE_KEYS, EngineLoader, profile_shapes, tensorrt_version_ok
 
 
 class TensorRTRunner(Runner):
+    """Runs a model's graphs as TensorRT engines on one GPU (see the module docstring).
+
+    Options: ``cache_dir`` (engine cache), ``workspace_gb`` (builder workspace), and the profile
+    overrides ``min_res``, ``opt_res``, ``max_res``, ``max_batch``, ``opt_batch``.
+    ``cache_status`` maps each graph to "hit", "built" or "rebuilt" after ``activate``.
+    """
+
     name = "tensorrt"
+    OPTIONS = frozenset({"cache_dir", "workspace_gb", *PROFILE_KEYS})
+    DEVICE_VALUES = True
+
+    def __init__(self, model_dir, manifest: dict, precision: str = "fp32", device: int = 0, **options):
+        super().__init__(model_dir, manifest, precision, device, **options)
+        self.cache_status: dict[str, str] = {}
+        self.engines: dict = {}
+        self.contexts: dict = {}
+        self.stream = None
+        self.scratch = None
+        self._pinned: dict = {}
 
     @classmethod
     def is_available(cls) -> tuple[bool, str]:
+        """TensorRT >= MIN_TENSORRT, cuda-python, triton and onnx importable, and a CUDA device."""
         try:
             import tensorrt as trt
         except ImportError as e:
             return False, f"TensorRT is not installed ({e})"
-        version = tuple(int(p) for p in trt.__version__.split(".")[:2])
-        if version < MIN_TENSORRT:
+        if not tensorrt_version_ok(trt.__version__):
             return False, f"TensorRT {trt.__version__} is older than {'.'.join(map(str, MIN_TENSORRT))}"
         for mod, what in (("cuda.bindings.runtime", "cuda-python"), ("triton", "triton (builds the plugin PTX)"),
                           ("onnx", "onnx (graph rewrite)")):
@@ -115,184 +59,185 @@ class TensorRTRunner(Runner):
                 __import__(mod)
             except ImportError:
                 return False, f"{what} is not installed"
-        err, count = _cudart().cudaGetDeviceCount()
-        if err != _cudart().cudaError_t.cudaSuccess or count == 0:
+        rt = cm.cudart()
+        err, count = rt.cudaGetDeviceCount()
+        if err != rt.cudaError_t.cudaSuccess or count == 0:
             return False, "no CUDA device is visible"
         return True, ""
 
+    def profile(self, graph: str) -> dict:
+        """{input: [min, opt, max] shape} of ``graph``'s optimization profile (manifest + options)."""
+        entry = self.manifest["graphs"][self.precision][graph]
+        return profile_shapes(self.manifest, entry, self.options)
+
     # ---- life cycle -------------------------------------------------------------------------
-    def activate(self) -> None:
-        if self.active:
-            return
+    def activate_impl(self) -> None:
+        """Create the stream, then load or build each graph's engine and its execution context."""
         ok, why = self.is_available()
         if not ok:
             raise BackendError(f"backend 'tensorrt' is not available: {why}")
         import tensorrt as trt
 
-        cudart = _cudart()
-        _check(cudart.cudaSetDevice(self.device))
-        props = _check(cudart.cudaGetDeviceProperties(self.device))
+        rt = cm.cudart()
+        self.stream = cm.Stream(self.device)
+        try:   # keep freed blocks in the pool: per-call allocations then cost no driver call
+            pool = cm.check(rt.cudaDeviceGetDefaultMemPool(self.device))
+            cm.check(rt.cudaMemPoolSetAttribute(pool, rt.cudaMemPoolAttr.cudaMemPoolAttrReleaseThreshold,
+                                                rt.cuuint64_t(2**64 - 1)))
+        except Exception:
+            pass
+        props = cm.check(rt.cudaGetDeviceProperties(self.device))
         self.gpu_name = props.name.decode(errors="replace").rstrip("\x00")
         self.cc = (props.major, props.minor)
-        self.logger = trt.Logger(trt.Logger.WARNING)
-        self.trt_runtime = trt.Runtime(self.logger)
-        cache_dir = self.options.get("cache_dir") or os.environ.get("QUANTART_TRT_CACHE") \
-            or Path.home() / ".cache" / "quantart" / "tensorrt"
-        self.cache = EngineCache(cache_dir)
-        self.stream = _check(cudart.cudaStreamCreateWithFlags(cudart.cudaStreamNonBlocking))
-        self.done = _check(cudart.cudaEventCreateWithFlags(cudart.cudaEventDisableTiming))
-        graphs = self.manifest.get("graphs", {}).get(self.precision)
-        if not graphs:
-            raise ValueError(f"model has no {self.precision} graphs")
-        self.engines, self.contexts, self.staging = {}, {}, {}
-        for graph, entry in graphs.items():
-            engine = self._engine(graph, entry)
-            self.engines[graph] = engine
-            self.contexts[graph] = engine.create_execution_context()
-        self.active = True
+        loader = EngineLoader(self.model_dir, self.manifest, self.precision, gpu_name=self.gpu_name,
+                              compute_capability=self.cc, driver_version=cm.check(rt.cudaDriverGetVersion()),
+                              cache_dir=self.options.get("cache_dir"), workspace_gb=self.options.get("workspace_gb"),
+                              profile=self.options)
+        for graph in self.manifest["graphs"][self.precision]:
+            engine = loader.load(graph)
+            if engine is None:
+                raise BackendError(f"TensorRT could not deserialize the engine of {graph}")
+            context = engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+            if context is None:
+                raise BackendError(f"TensorRT could not create an execution context for {graph}")
+            self.engines[graph], self.contexts[graph] = engine, context
+        self.cache_status = dict(loader.cache_status)
+        self.io = {g: self._io(e) for g, e in self.engines.items()}
 
-    def deactivate(self) -> None:
-        if not self.active:
-            return
-        _check(_cudart().cudaStreamSynchronize(self.stream))
-        for bufs in self.staging.values():
-            for b in bufs.values():
-                b.release()
-        self.contexts.clear()
-        self.engines.clear()
-        _check(_cudart().cudaEventDestroy(self.done))
-        _check(_cudart().cudaStreamDestroy(self.stream))
-        self.active = False
-
-    # ---- engines ----------------------------------------------------------------------------
-    def _profile(self, entry) -> dict:
-        prof = {**self.manifest.get("profile", {}), **{k: v for k, v in self.options.items() if k in (
-            "min_res", "opt_res", "max_res", "max_batch", "opt_batch") and v is not None}}
-        stride = int(self.manifest.get("latent_stride", 16))
-        res = [int(prof.get("min_res", 16)), int(prof.get("opt_res", 256)), int(prof.get("max_res", 1024))]
-        batch = [1, int(prof.get("opt_batch", 1)), int(prof.get("max_batch", 32))]
-        shapes = {}
-        for inp in entry["inputs"]:
-            dims = inp["shape"]
-            scale = 1 if inp["name"] == "image" else stride
-            triple = []
-            for level in range(3):
-                shape = []
-                for axis, dim in enumerate(dims):
-                    if isinstance(dim, int):
-                        shape.append(dim)
-                    elif axis == 0:
-                        shape.append(batch[level])
-                    else:
-                        shape.append(max(1, res[level] // scale))
-                triple.append(shape)
-            shapes[inp["name"]] = triple
-        return shapes
-
-    def _engine(self, graph, entry):
-        import onnx
+    def _io(self, engine) -> list[tuple[str, bool, np.dtype]]:
         import tensorrt as trt
 
-        from .graph_rewrite import replace_nearest_code
-        from .trt_plugin import register_nearest_code_plugin
+        out = []
+        for i in range(engine.num_io_tensors):
+            name = engine.get_tensor_name(i)
+            out.append((name, engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT,
+                        np.dtype(trt.nptype(engine.get_tensor_dtype(name)))))
+        return out
 
-        data = (Path(self.model_dir) / entry["file"]).read_bytes()
-        if entry.get("sha256") and _sha256(data) != entry["sha256"]:
-            raise ValueError(f"{entry['file']}: sha256 does not match manifest.json")
-        model, report = replace_nearest_code(onnx.load_from_string(data))
-        if any(r.replaced for r in report):
-            driver = _check(_cudart().cudaDriverGetVersion())
-            from ..kernels.nearest_code import ptx_version_for_driver
-            register_nearest_code_plugin(self.cc[0] * 10 + self.cc[1], ptx_version_for_driver(driver))
-        shapes = self._profile(entry)
-        fields = {"graph_sha256": _sha256(data), "tensorrt_version": trt.__version__, "gpu_name": self.gpu_name,
-                  "compute_capability": f"{self.cc[0]}.{self.cc[1]}", "profile": shapes,
-                  "plugin_source": _source_hash(), "graph": graph}
-        timing_name = f"timing-{_sha256(f'{trt.__version__}|{self.gpu_name}|{self.cc}'.encode())[:16]}.cache"
+    def deactivate_impl(self) -> None:
+        """Wait for the stream, free buffers, contexts, engines and the stream (partial state too)."""
+        stream = self.stream
+        try:
+            if stream is not None and stream.handle is not None:
+                stream.synchronize()
+            for buf in self._pinned.values():
+                buf.release()
+            if self.scratch is not None:
+                self.scratch.release()
+        finally:
+            self._pinned.clear()
+            self.scratch = None
+            self.contexts.clear()
+            self.engines.clear()
+            self.stream = None
+            if stream is not None:
+                stream.close()
 
-        def build() -> bytes:
-            builder = trt.Builder(self.logger)
-            network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
-            parser = trt.OnnxParser(network, self.logger)
-            if not parser.parse(model.SerializeToString()):
-                errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-                raise RuntimeError(f"TensorRT could not parse {entry['file']}: {errors}")
-            config = builder.create_builder_config()
-            config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE,
-                                         int(float(self.options.get("workspace_gb", 4)) * (1 << 30)))
-            profile = builder.create_optimization_profile()
-            for name, (lo, opt, hi) in shapes.items():
-                profile.set_shape(name, lo, opt, hi)
-            config.add_optimization_profile(profile)
-            timing = config.create_timing_cache(self.cache.read_blob(timing_name) or b"")
-            config.set_timing_cache(timing, False)
-            plan = builder.build_serialized_network(network, config)
-            if plan is None:
-                raise RuntimeError(f"TensorRT failed to build an engine for {entry['file']}")
-            self.cache.write_blob(timing_name, bytes(config.get_timing_cache().serialize()))
-            return bytes(plan)
+    # ---- values -------------------------------------------------------------------------------
+    def is_device_value(self, value) -> bool:
+        """True for a ``DeviceArray``."""
+        return isinstance(value, cm.DeviceArray)
 
-        engine, self.cache_status = self.cache.get_or_build(fields, build, self.trt_runtime.deserialize_cuda_engine)
-        return engine
+    def value_info(self, value) -> tuple[np.dtype, int]:
+        """(dtype, rank) of a ``DeviceArray``."""
+        return value.dtype, value.ndim
 
-    # ---- inference --------------------------------------------------------------------------
-    def infer(self, graph: str, feeds: Mapping[str, object], keep_on_device=()) -> dict:
-        if not self.active:
-            raise RuntimeError("TensorRTRunner.infer called before activate()")
-        if graph not in self.engines:
-            raise KeyError(f"no {self.precision} graph named {graph!r}; have {sorted(self.engines)}")
-        import tensorrt as trt
+    def value_shape(self, value) -> tuple[int, ...]:
+        """Shape of a ``DeviceArray`` or numpy array."""
+        return value.shape if isinstance(value, cm.DeviceArray) else np.asarray(value).shape
 
-        cudart = _cudart()
-        engine, ctx = self.engines[graph], self.contexts[graph]
-        bufs = self.staging.setdefault(graph, {})
-        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-        inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        missing = sorted(set(inputs) - set(feeds))
-        if missing:
-            raise ValueError(f"{graph}: missing inputs {', '.join(missing)}")
-        h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        for name in inputs:
+    @property
+    def pinned_staging(self) -> bool:
+        """Always: numpy feeds are uploaded from pinned memory."""
+        return True
+
+    def staging_impl(self, shape: tuple, dtype, slot: int) -> np.ndarray:
+        """A pinned host array for ``slot`` (waits until its previous upload has finished)."""
+        return self._pinned.setdefault(("staging", slot), cm.PinnedStaging()).array(shape, dtype)
+
+    def _pinned_owner(self, array: np.ndarray):
+        addr = array.ctypes.data
+        for buf in self._pinned.values():
+            if buf.cap and buf.hptr <= addr < buf.hptr + buf.cap:
+                return buf
+        return None
+
+    def _upload(self, array: np.ndarray, key) -> cm.DeviceArray:
+        array = np.ascontiguousarray(array)
+        dev = cm.DeviceArray(array.shape, array.dtype, self.stream)
+        owner = self._pinned_owner(array)
+        if owner is None:       # pageable memory: stage it through a pinned buffer of our own
+            owner = self._pinned.setdefault(key, cm.PinnedStaging())
+            pinned = owner.array(array.shape, array.dtype)
+            pinned[...] = array
+            array = pinned
+        cm.copy_h2d(dev.ptr, array, self.stream)
+        owner.mark(self.stream)
+        return dev
+
+    def to_device_impl(self, array: np.ndarray) -> cm.DeviceArray:
+        """Upload ``array`` (one H2D copy through pinned memory)."""
+        return self._upload(array, ("upload",))
+
+    def to_host_impl(self, value: cm.DeviceArray) -> np.ndarray:
+        """One D2H copy into pinned memory, then a numpy copy the caller owns."""
+        buf = self._pinned.setdefault(("download",), cm.PinnedStaging())
+        host = buf.array(value.shape, value.dtype)
+        cm.copy_d2h(host, value.ptr, self.stream)
+        buf.mark(self.stream)
+        self.stream.synchronize()
+        return host.copy()
+
+    def broadcast_impl(self, value: cm.DeviceArray, batch: int) -> cm.DeviceArray:
+        """Repeat a batch-1 ``DeviceArray`` ``batch`` times with device-to-device copies."""
+        out = cm.DeviceArray((batch,) + value.shape[1:], value.dtype, self.stream)
+        cm.broadcast_rows(out.ptr, value.ptr, value.nbytes, batch, self.stream)
+        return out
+
+    # ---- inference ----------------------------------------------------------------------------
+    def infer_impl(self, graph: str, feeds: Mapping[str, Any], host_outputs: bool) -> dict:
+        """Bind inputs (uploading numpy ones), size context memory, enqueue, bind/download outputs."""
+        ctx = self.contexts[graph]
+        held = []                 # device inputs stay referenced until the call is queued
+        for name, is_input, dtype in self.io[graph]:
+            if not is_input:
+                continue
             value = feeds[name]
-            dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
-            if isinstance(value, DeviceTensor):
-                if value.dtype != dtype:
-                    raise ValueError(f"{graph}: {name} is {value.dtype} on the device, engine wants {dtype}")
-                ctx.set_input_shape(name, value.shape)
-                ctx.set_tensor_address(name, value.ptr)
-                continue
-            arr = np.ascontiguousarray(value, dtype=dtype)
-            buf = bufs.setdefault(name, _Staging())
-            buf.reserve(arr.nbytes)
-            buf.host[:arr.nbytes] = arr.reshape(-1).view(np.uint8)
-            _check(cudart.cudaMemcpyAsync(buf.dptr, buf.hptr, arr.nbytes, h2d, self.stream))
-            ctx.set_input_shape(name, arr.shape)
-            ctx.set_tensor_address(name, buf.dptr)
+            if not isinstance(value, cm.DeviceArray):
+                value = self._upload(np.asarray(value, dtype=dtype), ("in", graph, name))
+            elif value.dtype != dtype:
+                raise ValueError(f"{graph}: input {name!r} is {value.dtype} on the device, the engine takes {dtype}")
+            if not ctx.set_input_shape(name, value.shape):
+                lo, _, hi = self.profile(graph).get(name, ([], [], []))
+                raise ValueError(f"{graph}: input {name!r} shape {value.shape} is outside the engine's profile "
+                                 f"({lo} .. {hi}); rebuild with other min_res/max_res/max_batch")
+            ctx.set_tensor_address(name, value.ptr)
+            held.append(value)
+        need = int(ctx.update_device_memory_size_for_shapes())
+        if need > 0:
+            if self.scratch is None or self.scratch.nbytes < need:
+                try:
+                    self.scratch = cm.DeviceArray((need,), np.uint8, self.stream)
+                except RuntimeError as exc:
+                    raise BackendError(f"{graph}: TensorRT needs {need / 2**20:.0f} MiB of context memory for "
+                                       f"shapes {[v.shape for v in held]} ({exc}); use a smaller batch") from None
+            ctx.set_device_memory(self.scratch.ptr, need)
         outputs = {}
-        for name in names:
-            if name in inputs:
+        for name, is_input, dtype in self.io[graph]:
+            if is_input:
                 continue
-            shape = tuple(ctx.get_tensor_shape(name))
-            dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
-            nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-            if name in keep_on_device:
-                out = DeviceTensor(shape, dtype)
-                ctx.set_tensor_address(name, out.ptr)
-            else:
-                out = bufs.setdefault(name, _Staging())
-                out.reserve(nbytes)
-                ctx.set_tensor_address(name, out.dptr)
-            outputs[name] = (out, shape, dtype, nbytes)
-        if not ctx.execute_async_v3(self.stream):
-            raise RuntimeError(f"TensorRT failed to enqueue {graph}")
-        for name, (out, shape, dtype, nbytes) in outputs.items():
-            if not isinstance(out, DeviceTensor):
-                _check(cudart.cudaMemcpyAsync(out.hptr, out.dptr, nbytes, d2h, self.stream))
-        _check(cudart.cudaEventRecord(self.done, self.stream))
-        _check(cudart.cudaEventSynchronize(self.done))
-        result = {}
-        for name, (out, shape, dtype, nbytes) in outputs.items():
-            result[name] = out if isinstance(out, DeviceTensor) else \
-                out.host[:nbytes].view(dtype).reshape(shape).copy()
-        return result
-
+            out = cm.DeviceArray(tuple(ctx.get_tensor_shape(name)), dtype, self.stream)
+            ctx.set_tensor_address(name, out.ptr)
+            outputs[name] = out
+        if not ctx.execute_async_v3(self.stream.handle):
+            raise BackendError(f"TensorRT failed to enqueue {graph}")
+        if not host_outputs:
+            return outputs
+        hosts = {}
+        for name, out in outputs.items():
+            buf = self._pinned.setdefault(("out", graph, name), cm.PinnedStaging())
+            hosts[name] = buf.array(out.shape, out.dtype)
+            cm.copy_d2h(hosts[name], out.ptr, self.stream)
+            buf.mark(self.stream)
+        self.stream.synchronize()
+        return {name: host.copy() for name, host in hosts.items()}

@@ -9,6 +9,7 @@ import time
 
 import click
 
+from ..core import OUTPUT_FORMATS
 from ..errors import ImageError, ModelError
 
 
@@ -37,8 +38,16 @@ def _fail(message: str) -> None:
 @click.option("--output-ratio", type=click.FloatRange(0, 1), default=1.0, show_default=True)
 @click.option("--style-size", type=click.IntRange(min=1), default=256, show_default=True,
               help="Shorter side of the style image when it is encoded.")
-@click.option("--format", "output_format", type=click.Choice(["same", "png", "jpg"]), default="same",
-              show_default=True, help="Output format; 'same' keeps the input's extension when writable.")
+@click.option("--ext", type=click.Choice(OUTPUT_FORMATS), default="same", show_default=True,
+              help="Output format; 'same' keeps the input's extension when writable (as quantart stylize).")
+@click.option("--format", "legacy_format", type=click.Choice(OUTPUT_FORMATS), default=None, hidden=True,
+              help="Old name of --ext.")
+@click.option("--max-side", type=click.IntRange(min=0), default=None,
+              help="Downscale inputs whose longer side exceeds N pixels; inputs above the memory limit are "
+                   "always downscaled to it; 0: never resize (such inputs fail and are listed).")
+@click.option("--memory-budget", default=None, metavar="BYTES|FRACTION",
+              help="Peak working memory per request on each worker: bytes (6G) or a fraction of the "
+                   "worker's available memory (0.3). Default: $QUANTART_MEMORY_BUDGET, else half.")
 @click.option("--failures", "failures_file", default=None,
               help="Failures file (JSON lines); default OUTPUT/failures.jsonl.")
 @click.option("--retries", "max_task_retries", type=click.IntRange(min=0), default=3, show_default=True,
@@ -46,7 +55,8 @@ def _fail(message: str) -> None:
 @click.option("--no-progress", is_flag=True, help="Hide Ray Data's progress bars.")
 def stylize_dataset(model_dir, style, input, output, address, num_workers, gpus_per_worker,
                     cpus_per_worker, batch_size, backend, precision, content_ratio, output_ratio,
-                    style_size, output_format, failures_file, max_task_retries, no_progress):
+                    style_size, ext, legacy_format, max_side, memory_budget, failures_file,
+                    max_task_retries, no_progress):
     """Stylize every image under INPUT into OUTPUT (same names) on Ray Data; reruns skip finished outputs."""
     from .batch import stylize_dataset as run
 
@@ -55,14 +65,16 @@ def stylize_dataset(model_dir, style, input, output, address, num_workers, gpus_
                       gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
                       batch_size=batch_size, backend=backend, precision=precision,
                       content_ratio=content_ratio, output_ratio=output_ratio, style_size=style_size,
-                      output_format=output_format, failures_file=failures_file,
+                      ext=legacy_format or ext, max_side=max_side or None, resize=max_side != 0,
+                      memory_budget=memory_budget, failures_file=failures_file,
                       max_task_retries=max_task_retries, progress=not no_progress)
     except ModelError as exc:
         _fail(str(exc))
     except ImageError as exc:
         _fail(f"style image {style}: {exc}")
-    except (FileNotFoundError, ValueError) as exc:
-        _fail(str(exc))
+    except (OSError, ValueError) as exc:
+        _fail(f"{exc.filename}: {exc.strerror}" if isinstance(exc, OSError) and exc.strerror and exc.filename
+              else str(exc))
     for path, reason in summary.failures:
         click.echo(f"failed: {path}: {reason}", err=True)
     click.echo(str(summary))
@@ -96,11 +108,22 @@ def stylize_dataset(model_dir, style, input, output, address, num_workers, gpus_
 @click.option("--max-queued-requests", type=click.IntRange(min=-1), default=64, show_default=True,
               help="Requests waiting for a replica before 503 (-1: unbounded).")
 @click.option("--style-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--memory-budget", default=None, metavar="BYTES|FRACTION",
+              help="Peak working memory per request on each replica (6G, or a fraction such as 0.3); larger "
+                   "contents are downscaled (X-Quantart-Resized) or, with resize=false, refused (413).")
+@click.option("--sample-styles", is_flag=False, flag_value="", default=None, metavar="[DIR]",
+              help="Register sample styles at start (listed by GET /v1/styles and on the page): the "
+                   "repository's assets/style, or the images in DIR.")
 def serve(model_dir, host, port, replicas, address, backend, precision, cpus_per_replica,
           gpus_per_replica, max_body_mb, max_pixels, request_timeout_s, max_batch_size, batch_wait_ms,
-          max_ongoing_requests, max_queued_requests, style_size):
-    """Serve POST /v1/stylize, POST /v1/styles and GET /v1/health over HTTP (Ray Serve); Ctrl-C stops."""
+          max_ongoing_requests, max_queued_requests, style_size, memory_budget, sample_styles):
+    """Serve the page at / and POST /v1/stylize, GET|POST /v1/styles, GET /v1/health over HTTP
+    (Ray Serve); Ctrl-C stops."""
     from .serve import start_service
+    from .web import SAMPLE_STYLES
+
+    if sample_styles == "":
+        sample_styles = SAMPLE_STYLES
 
     try:
         url = start_service(model_dir, host=host, port=port, address=address, replicas=replicas,
@@ -110,12 +133,14 @@ def serve(model_dir, host, port, replicas, address, backend, precision, cpus_per
                             precision=precision, style_size=style_size,
                             max_body_bytes=int(max_body_mb * (1 << 20)), max_pixels=max_pixels,
                             request_timeout_s=request_timeout_s, max_batch_size=max_batch_size,
-                            batch_wait_timeout_s=batch_wait_ms / 1000.0)
+                            batch_wait_timeout_s=batch_wait_ms / 1000.0, sample_styles=sample_styles,
+                            memory_budget=memory_budget)
     except ModelError as exc:
         _fail(str(exc))
     except ValueError as exc:
         _fail(str(exc))
-    click.echo(f"serving on {url} (POST /v1/stylize, POST /v1/styles, GET /v1/health); Ctrl-C stops")
+    click.echo(f"serving on {url} (page at {url}/; POST /v1/stylize, GET|POST /v1/styles, GET /v1/health); "
+               "Ctrl-C stops")
     try:
         while True:
             time.sleep(3600)

@@ -18,11 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..util.atomic import write_bytes
-from ..files import IMAGE_EXTENSIONS  # the same inputs as `quantart stylize`
+from ..core import INPUT_EXTENSIONS, OUTPUT_FORMATS  # the same inputs and formats as `quantart stylize`
+from ..files import broken_link
 from ..images import SAVE_FORMATS, save_image
+from ..util.atomic import write_bytes
 
-OUTPUT_FORMATS = ("same", "png", "jpg")
+__all__ = ["OUTPUT_FORMATS", "list_inputs", "output_name", "existing_outputs", "is_complete", "read_bytes",
+           "write_bytes_atomic", "write_image", "write_failures", "join", "is_uri"]
 _END_MARKERS = {".png": b"IEND\xaeB`\x82", ".jpg": b"\xff\xd9", ".jpeg": b"\xff\xd9"}
 
 
@@ -45,13 +47,16 @@ def join(base, rel: str) -> str:
 
 
 def _wanted(name: str) -> bool:
-    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in INPUT_EXTENSIONS
 
 
-def list_inputs(source, exclude=None) -> list[tuple[str, str]]:
+def list_inputs(source, exclude=None, problems: list | None = None) -> list[tuple[str, str]]:
     """The images under ``source`` (a file, a folder walked recursively, or a URI of either) as
     sorted ``(path, relative name)`` pairs. Hidden files (temp files) are left out; so are files
-    whose extension is not an image's, and the folder ``exclude`` (the output, when inside)."""
+    whose extension is not an image's, and the folder ``exclude`` (the output, when inside).
+    Broken or looping symbolic links and sub-folders that cannot be listed are appended to
+    ``problems`` as ``(path, reason)`` (when given) instead of being skipped silently."""
+    problems = problems if problems is not None else []
     source = str(source)
     if is_uri(source):
         import pyarrow.fs
@@ -79,12 +84,19 @@ def list_inputs(source, exclude=None) -> list[tuple[str, str]]:
         raise FileNotFoundError(f"input {source}: no such file or folder")
     skip = os.path.realpath(exclude) if exclude and not is_uri(exclude) else None
     found = []
-    for folder, dirs, files in os.walk(path):
+
+    def unreadable(exc: OSError) -> None:
+        problems.append((str(exc.filename or source), f"cannot list directory ({exc.strerror or exc})"))
+
+    for folder, dirs, files in os.walk(path, onerror=unreadable):
         dirs[:] = sorted(d for d in dirs if not d.startswith(".")
                          and os.path.realpath(os.path.join(folder, d)) != skip)
         rel_folder = os.path.relpath(folder, path)
         for name in files:
-            if _wanted(name):
+            broken = None if name.startswith(".") else broken_link(Path(folder) / name)
+            if broken:
+                problems.append((os.path.join(folder, name), broken))
+            elif _wanted(name):
                 rel = name if rel_folder == "." else f"{Path(rel_folder).as_posix()}/{name}"
                 found.append((os.path.join(folder, name), rel))
     return sorted(found, key=lambda pair: pair[1])

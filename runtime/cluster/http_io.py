@@ -10,10 +10,12 @@ import re
 import numpy as np
 from PIL import Image
 
-from ..errors import ImageError
+from ..core import failure_reason
+from ..errors import ImageError, ImageTooLarge
 from ..images import check_min_size, load_image
 
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg"}
+RESIZED_HEADER = "X-Quantart-Resized"
 _STYLE_ID = re.compile(r"[0-9a-f]{32}")
 
 
@@ -88,7 +90,7 @@ def negotiate(accept: str | None) -> str:
     if not accept:
         return "png"
     best, best_q = None, 0.0
-    for rank, item in enumerate(accept.split(",")):
+    for item in accept.split(","):
         media, params = _header_params(item)
         try:
             q = float(params.get("q", "1"))
@@ -116,6 +118,32 @@ def parse_ratio(value, name: str) -> float:
     if not 0.0 <= ratio <= 1.0:
         raise HTTPFailure(400, f"{name} must be in [0, 1], got {ratio}")
     return ratio
+
+
+def parse_flag(value, name: str, default: bool) -> bool:
+    """A boolean parameter (true/false, 1/0, yes/no, on/off); 400 otherwise; ``None`` -> ``default``."""
+    if value is None or value in (b"", ""):
+        return default
+    text = (value.decode("latin-1") if isinstance(value, bytes) else str(value)).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise HTTPFailure(400, f"{name} must be true or false, got {text!r}")
+
+
+def failure_for(exc: BaseException, what: str) -> HTTPFailure:
+    """The HTTP answer for a per-item failure: 413 above the memory limit, 400 an unusable image or
+    value, 503 out of memory, else 500 (a bug, logged by the caller); the reason is one line."""
+    if isinstance(exc, HTTPFailure):
+        return exc
+    if isinstance(exc, ImageTooLarge):
+        return HTTPFailure(413, f"{what}: {exc}")
+    if isinstance(exc, ValueError):  # ImageError is a ValueError
+        return HTTPFailure(400, f"{what}: {failure_reason(exc)}")
+    if isinstance(exc, MemoryError):
+        return HTTPFailure(503, f"{what}: {failure_reason(exc)}")
+    return HTTPFailure(500, f"{what}: {failure_reason(exc)}")
 
 
 def decode_image(data: bytes, what: str, max_pixels: int, stride: int) -> np.ndarray:

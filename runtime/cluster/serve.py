@@ -9,14 +9,27 @@ Endpoints:
                         The id is opaque (a hash of the image; never a path); the image is kept by a
                         registry deployment (bounded, least recently used out) and the style code is
                         cached on each replica, so any replica can serve any registered id.
-  ``GET /v1/health``    200 ``{"status": "ok", ...}`` once the model is loaded.
+  ``GET /v1/styles``    the sample styles registered at start (``sample_styles``; uploads are not
+                        listed): ``{"styles": [{"style_id", "name", "thumbnail" (data: URL)}]}``.
+  ``GET /v1/health``    200 ``{"status": "ok", "backend", "precision", ...}`` once the model is loaded.
+  ``GET /``             the browser page (``web/``), which uses only the endpoints above.
 
-Refusals carry ``{"error": reason}``: 413 body above ``max_body_bytes``; 400 not an image, a
-decompression bomb or an image above ``max_pixels`` (checked before decoding), bad ratios;
+Sizes follow the one size policy of ``quantart_runtime.core`` (shared with the CLI and the batch
+job): a content above the model's memory limit (``quantart_runtime.memory``, ``memory_budget``) is
+downscaled and the answer says so in ``X-Quantart-Resized: WxH->wxh``; with ``resize=false`` (query or
+form field) it is refused with 413 instead. A style's long side and memory are capped likewise.
+
+Refusals carry ``{"error": reason}``: 413 body above ``max_body_bytes`` or content above the memory
+limit with ``resize=false``; 400 not an image, smaller than one latent cell (content or style, on its
+original size), a decompression bomb or an image above ``max_pixels`` (checked before decoding), bad
+ratios;
 404 unknown style id; 406 an Accept that allows neither PNG nor JPEG; 504 the request ran longer
 than ``request_timeout_s``; 503 (from Serve) when every replica holds ``max_ongoing_requests``
 and ``max_queued_requests`` more wait already. Concurrent requests are stylized together
-(``@serve.batch``). Binds 127.0.0.1 unless told otherwise.
+(``@serve.batch``). Binds 127.0.0.1 unless told otherwise; a Ray started here binds its own ports
+(GCS, raylet, replicas) to 127.0.0.1 too. The proxy's end-to-end timeout (``request_timeout_s`` +
+``QUEUE_GRACE_S``, answering 408) counts from the request's arrival, so time waiting in the queue is
+bounded as well.
 """
 # No `from __future__ import annotations`: FastAPI must see the real `Request` annotations.
 import asyncio
@@ -28,25 +41,34 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from ray import serve
 
+from ..core import StylizeCore
+from ..errors import ImageError, ImageTooLarge
 from ..manifest import load_manifest
-from . import http_io
+from . import http_io, web
 from .http_io import HTTPFailure
 
 log = logging.getLogger(__name__)
+QUEUE_GRACE_S = 1.0   # the proxy answers 408 this long after request_timeout_s, queue wait included
 app = FastAPI(title="QuantArt style transfer", version="1")
 
 DEFAULTS = dict(backend="auto", precision="fp32", style_size=256, max_body_bytes=16 << 20,
                 max_pixels=4096 * 4096, request_timeout_s=30.0, max_batch_size=8,
-                batch_wait_timeout_s=0.01, max_styles=1024, threads=None)
+                batch_wait_timeout_s=0.01, max_styles=1024, threads=None, memory_budget=None)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0})
 class StyleRegistry:
-    """The registered style images, shared by every replica (id -> encoded bytes, LRU-bounded)."""
+    """The registered style images, shared by every replica (id -> encoded bytes, LRU-bounded);
+    the sample styles (``web.samples.SampleStyle``) are pinned and listed."""
 
-    def __init__(self, max_styles: int = 1024):
+    def __init__(self, max_styles: int = 1024, samples=()):
         self.max_styles = max_styles
         self.styles: OrderedDict[str, bytes] = OrderedDict()
+        self.samples = {sample.style_id: sample for sample in samples}
+
+    def listing(self) -> list[dict]:
+        """The sample styles, for ``GET /v1/styles``."""
+        return [sample.listing() for sample in self.samples.values()]
 
     def put(self, style_id: str, data: bytes) -> None:
         self.styles[style_id] = data
@@ -55,6 +77,8 @@ class StyleRegistry:
             self.styles.popitem(last=False)
 
     def get(self, style_id: str) -> bytes | None:
+        if style_id in self.samples:
+            return self.samples[style_id].data
         data = self.styles.get(style_id)
         if data is not None:
             self.styles.move_to_end(style_id)
@@ -82,6 +106,9 @@ class StylizeService:
         self.stylizer = Stylizer.load(model_dir, backend=settings["backend"], precision=settings["precision"],
                                       **({"intra_op_threads": int(threads)} if threads else {}))
         self.style_size = int(settings["style_size"])
+        # the one stylize core (quantart_runtime.core): size policy, per-item errors, batching
+        self.core = StylizeCore(self.stylizer, None, style_size=self.style_size,
+                                memory_budget=settings["memory_budget"])
         self.max_body_bytes = int(settings["max_body_bytes"])
         self.max_pixels = int(settings["max_pixels"])
         self.timeout_s = float(settings["request_timeout_s"])
@@ -95,7 +122,26 @@ class StylizeService:
     @app.get("/v1/health")
     async def health(self):
         return {"status": "ok", "kind": self.manifest.get("kind"), "latent_stride": self.stride,
-                "backend": self.stylizer.backend, "cached_styles": len(self.codes), **self.stats}
+                "backend": self.stylizer.backend, "precision": self.stylizer.runner.precision,
+                "cached_styles": len(self.codes), **self.stats}
+
+    @app.get("/v1/styles")
+    async def styles(self):
+        """The sample styles: ``{"styles": [{"style_id", "name", "thumbnail"}]}`` (uploads are not listed)."""
+        return {"styles": await self.registry.listing.remote()}
+
+    @app.get("/", include_in_schema=False)
+    async def page(self):
+        """The browser page (``web/index.html``)."""
+        return await self.page_file("index.html")
+
+    @app.get("/web/{name}", include_in_schema=False)
+    async def page_file(self, name: str):
+        """One of the page's files by name (``web.PAGE_FILES``); 404 for any other name."""
+        found = web.page_file(name)
+        if found is None:
+            return _error(HTTPFailure(404, "no such page file"))
+        return Response(found[0], media_type=found[1], headers={"Cache-Control": "no-cache"})
 
     @app.post("/v1/styles")
     async def register_style(self, request: Request):
@@ -148,14 +194,23 @@ class StylizeService:
             code = await self._style_code(fields["style_id"].decode("latin-1"))
         else:
             raise HTTPFailure(400, "no style: give style_id or a 'style' form file")
+        resize = http_io.parse_flag(fields.get("resize"), "resize", default=True)
         image = await asyncio.to_thread(http_io.decode_image, content, "content", self.max_pixels, self.stride)
-        result = await self._stylize_batch((image, code, content_ratio, output_ratio))
-        if isinstance(result, Exception):
-            if isinstance(result, ValueError):  # ImageError is a ValueError
-                raise HTTPFailure(400, f"content: {result}")
-            raise result
+        try:
+            prepared = await asyncio.to_thread(self.core.prepare, image, code, resize)
+        except ImageTooLarge as exc:
+            raise HTTPFailure(413, f"content: {exc}") from None
+        except ImageError as exc:
+            raise HTTPFailure(400, f"content: {exc}") from None
+        result = await self._stylize_batch((prepared.image, code, content_ratio, output_ratio))
+        if isinstance(result, BaseException):
+            failure = http_io.failure_for(result, "content")
+            if failure.status >= 500:
+                log.error("stylize failed: %s", failure.reason)
+            raise failure
         data = await asyncio.to_thread(http_io.encode_image, result, fmt)
-        return Response(data, media_type=http_io.MEDIA_TYPES[fmt])
+        headers = {http_io.RESIZED_HEADER: prepared.header()} if prepared.resized else {}
+        return Response(data, media_type=http_io.MEDIA_TYPES[fmt], headers=headers)
 
     # -- styles ------------------------------------------------------------------------------
     def _cache(self, style_id: str, code) -> None:
@@ -166,8 +221,11 @@ class StylizeService:
 
     async def _encode_style(self, data: bytes, style_id: str | None):
         def work():
-            image = http_io.decode_image(data, "style", self.max_pixels, 1)
-            return self.stylizer.encode_style(image, size=self.style_size)
+            image = http_io.decode_image(data, "style", self.max_pixels, self.stride)
+            try:
+                return self.core.encode_style(image)   # long side and memory capped
+            except Exception as exc:  # noqa: BLE001 - one status per failure, never a bare 500
+                raise http_io.failure_for(exc, "style") from None
 
         code = await asyncio.to_thread(work)
         if style_id is not None:
@@ -201,30 +259,38 @@ class StylizeService:
             groups.setdefault((id(code), content_ratio, output_ratio), []).append(i)
         results: list = [None] * len(jobs)
         for (_, content_ratio, output_ratio), members in groups.items():
-            try:
-                outs = self.stylizer.stylize([jobs[i][0] for i in members], jobs[members[0]][1],
-                                             content_ratio=content_ratio, output_ratio=output_ratio)
-            except Exception as exc:  # noqa: BLE001 - handed to each request of the group
-                log.exception("stylize failed for a group of %d", len(members))
-                outs = [exc] * len(members)
+            # the core's error policy: a failing image gets its own exception, the others their result
+            outs = self.core.stylize_many([jobs[i][0] for i in members], jobs[members[0]][1],
+                                          content_ratio=content_ratio, output_ratio=output_ratio)
             for i, out in zip(members, outs):
                 results[i] = out
         return results
 
 
 def build_app(model_dir, *, replicas: int = 1, cpus_per_replica: float = 1, gpus_per_replica: float = 0,
-              max_ongoing_requests: int = 16, max_queued_requests: int = 64, **options):
+              max_ongoing_requests: int = 16, max_queued_requests: int = 64, sample_styles=None, **options):
     """The Serve application (registry + service), checked against the model directory first.
-    ``options``: any of ``DEFAULTS``."""
+    ``sample_styles``: a folder of style images registered at start and listed by ``GET /v1/styles``
+    (``web.SAMPLE_STYLES``: the repository's samples); ``options``: any of ``DEFAULTS``.
+    Raises ``ModelError`` for a bad model, ``ValueError``/``ImageError`` for bad options or samples."""
     unknown = set(options) - set(DEFAULTS)
     if unknown:
         raise TypeError(f"unknown service option(s): {', '.join(sorted(unknown))}")
     settings = {**DEFAULTS, **options}
     if max_ongoing_requests < 1 or replicas < 1:
         raise ValueError("replicas and max_ongoing_requests must be >= 1")
+    if settings["memory_budget"] is not None:
+        from ..memory import parse_budget
+
+        parse_budget(settings["memory_budget"])  # ValueError here, not in each replica
     model_dir = str(Path(model_dir).resolve())
     load_manifest(model_dir, precision=settings["precision"], verify=True)
-    registry = StyleRegistry.bind(settings["max_styles"])
+    samples = []
+    if sample_styles is not None:
+        from .web.samples import load_sample_styles
+
+        samples = load_sample_styles(sample_styles, int(settings["style_size"]), int(settings["max_pixels"]))
+    registry = StyleRegistry.bind(settings["max_styles"], samples)
     actor_options = {"num_cpus": cpus_per_replica}
     if gpus_per_replica:
         actor_options["num_gpus"] = gpus_per_replica
@@ -238,13 +304,17 @@ def build_app(model_dir, *, replicas: int = 1, cpus_per_replica: float = 1, gpus
 def start_service(model_dir, *, host: str = "127.0.0.1", port: int = 8000, address: str | None = None,
                   name: str = "quantart", route_prefix: str = "/", **app_options) -> str:
     """Start (or join) Ray and Serve on ``host:port`` and deploy the service; returns its base URL.
-    The proxy's end-to-end timeout (answering 408) backs up the per-request one."""
+    Ray, when started here, binds 127.0.0.1 (``batch.ray_init_options``). The proxy's end-to-end
+    timeout (answering 408) covers the queue wait and backs up the per-request one."""
     import ray
+
+    from .batch import ray_init_options
 
     app_ = build_app(model_dir, **app_options)
     if not ray.is_initialized():
-        ray.init(address=address, log_to_driver=False)
-    backstop = float(app_options.get("request_timeout_s", DEFAULTS["request_timeout_s"])) + 30.0
+        ray.init(log_to_driver=False, **ray_init_options(address))
+    # the proxy's end-to-end timeout starts when the request arrives, so it covers queue wait too
+    backstop = float(app_options.get("request_timeout_s", DEFAULTS["request_timeout_s"])) + QUEUE_GRACE_S
     serve.start(http_options={"host": host, "port": int(port), "request_timeout_s": backstop})
     serve.run(app_, name=name, route_prefix=route_prefix, blocking=False)
     return f"http://{host}:{port}{route_prefix.rstrip('/')}"

@@ -29,6 +29,8 @@ MAX_STATIC_SHARED = 48 * 1024
 
 @dataclass(frozen=True)
 class TileConfig:
+    """Tile sizes of one kernel launch: BLOCK_N latent rows per program, BLOCK_K codes per score tile,
+    BLOCK_D embedding columns per dot-product slice; Triton's num_warps and num_stages."""
     block_n: int
     block_k: int
     block_d: int
@@ -59,9 +61,11 @@ class LaunchParams:
     hidden_params: int          # Triton's trailing scratch pointers (passed as null)
 
     def grid(self, n_rows: int) -> tuple[int, int, int]:
+        """The launch grid for ``n_rows`` latent rows: (ceil(n_rows / block_n), 1, 1), at least one."""
         return (max(1, -(-int(n_rows) // self.block_n)), 1, 1)
 
     def to_dict(self) -> dict:
+        """The fields as a JSON-friendly dict (for reports)."""
         return asdict(self)
 
 
@@ -146,7 +150,8 @@ def launch(z, codebook, codebook_sqnorm, indices, codes, ratio: float = 1.0, con
     """
     zt, et = _dtype_name(z.dtype), _dtype_name(codebook.dtype)
     if len(z.shape) != 2 or len(codebook.shape) != 2 or z.shape[1] != codebook.shape[1]:
-        raise ValueError(f"nearest_code.launch: need z (N, D) and codebook (K, D), got {tuple(z.shape)} and {tuple(codebook.shape)}")
+        raise ValueError(f"nearest_code.launch: need z (N, D) and codebook (K, D), "
+                         f"got {tuple(z.shape)} and {tuple(codebook.shape)}")
     n, d = int(z.shape[0]), int(z.shape[1])
     k = int(codebook.shape[0])
     if zt not in SUPPORTED_DTYPES or et != zt:
@@ -154,11 +159,14 @@ def launch(z, codebook, codebook_sqnorm, indices, codes, ratio: float = 1.0, con
     if k < 1 or d < 1:
         raise ValueError(f"nearest_code.launch: empty codebook or embedding (K={k}, D={d})")
     if tuple(codebook_sqnorm.shape) != (k,) or _dtype_name(codebook_sqnorm.dtype) != "fp32":
-        raise ValueError(f"nearest_code.launch: codebook_sqnorm must be fp32 ({k},), got {_dtype_name(codebook_sqnorm.dtype)} {tuple(codebook_sqnorm.shape)}")
+        raise ValueError(f"nearest_code.launch: codebook_sqnorm must be fp32 ({k},), "
+                         f"got {_dtype_name(codebook_sqnorm.dtype)} {tuple(codebook_sqnorm.shape)}")
     if tuple(indices.shape) != (n,) or _dtype_name(indices.dtype) != "int32":
-        raise ValueError(f"nearest_code.launch: indices must be int32 ({n},), got {_dtype_name(indices.dtype)} {tuple(indices.shape)}")
+        raise ValueError(f"nearest_code.launch: indices must be int32 ({n},), "
+                         f"got {_dtype_name(indices.dtype)} {tuple(indices.shape)}")
     if tuple(codes.shape) != (n, d) or _dtype_name(codes.dtype) != zt:
-        raise ValueError(f"nearest_code.launch: codes must be {zt} ({n}, {d}), got {_dtype_name(codes.dtype)} {tuple(codes.shape)}")
+        raise ValueError(f"nearest_code.launch: codes must be {zt} ({n}, {d}), "
+                         f"got {_dtype_name(codes.dtype)} {tuple(codes.shape)}")
     for name, t in (("z", z), ("codebook", codebook), ("codebook_sqnorm", codebook_sqnorm),
                     ("indices", indices), ("codes", codes)):
         if hasattr(t, "is_contiguous") and not t.is_contiguous():
@@ -179,7 +187,8 @@ def launch(z, codebook, codebook_sqnorm, indices, codes, ratio: float = 1.0, con
 def _parse_arch(arch) -> int:
     m = re.fullmatch(r"(?:sm_?)?(\d{2,3})", str(arch).strip().lower())
     if not m or int(m.group(1)) not in SUPPORTED_ARCHS:
-        raise ValueError(f"compile_ptx: unsupported arch {arch!r}; expected one of {', '.join(f'sm_{a}' for a in SUPPORTED_ARCHS)}")
+        raise ValueError(f"compile_ptx: unsupported arch {arch!r}; expected one of "
+                         f"{', '.join(f'sm_{a}' for a in SUPPORTED_ARCHS)}")
     return int(m.group(1))
 
 
@@ -222,16 +231,14 @@ def compile_ptx(arch, dtype: str, embed_dim: int, config: TileConfig | None = No
              for p in ("z_ptr", "e_ptr", "esq_ptr", "idx_ptr", "codes_ptr")}
     options = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages, "enable_fp_fusion": False}
     if ptx_version is not None:
-        options["ptx_version"] = int(ptx_version)
+        # Triton assembles its PTX with its bundled ptxas: an ISA above that ptxas's is refused
+        # ("Unsupported .version"), so never ask for more than it accepts.
+        options["ptx_version"] = min(int(ptx_version), ptxas_ptx_version(sm))
     compiled = triton.compile(ASTSource(kernel, signature, constexprs, attrs),
                               target=GPUTarget("cuda", sm, 32), options=options)
     md = compiled.metadata
     name, ptx = md.name, compiled.asm["ptx"]
-    for field, ok in (("global_scratch_size", 0), ("profile_scratch_size", 0), ("num_ctas", 1)):
-        if getattr(md, field, ok) != ok:
-            raise RuntimeError(f"compile_ptx: kernel needs {field}={getattr(md, field)}, which a TensorRT AOT launch cannot provide")
-    if md.shared > MAX_STATIC_SHARED:
-        raise RuntimeError(f"compile_ptx: kernel needs {md.shared} bytes of shared memory (> {MAX_STATIC_SHARED}); use smaller tiles")
+    check_launch_metadata(md)
     params = ptx_entry_params(ptx, name)
     if len(params) < len(PTX_PARAMS):
         raise RuntimeError(f"compile_ptx: PTX entry has {len(params)} parameters, expected at least {len(PTX_PARAMS)}")
@@ -242,16 +249,103 @@ def compile_ptx(arch, dtype: str, embed_dim: int, config: TileConfig | None = No
     return name, ptx, lp
 
 
-def ptx_version_for_driver(driver_version: int) -> int:
-    """Highest PTX ISA (Triton's `ptx_version` option, e.g. 84 for 8.4) a CUDA driver can JIT.
+def check_launch_metadata(md) -> None:
+    """Raise ``RuntimeError`` unless a compiled kernel can be launched by TensorRT's AOT plugin path.
 
-    `driver_version` is cuDriverGetVersion's integer (12040 for CUDA 12.4). Triton emits the ISA of
-    its bundled ptxas, which may be newer than the driver of the machine that loads the PTX.
+    TensorRT launches the PTX with a plain grid/block/shared-memory triple (``KernelLaunchParams``)
+    and passes null for Triton's trailing scratch pointers, so the kernel must need no global or
+    profile scratch, one CTA per cluster, no cooperative grid, no programmatic dependent launch, no
+    tensor memory and no TMA descriptors, and at most 48 KiB of shared memory (as torch_tensorrt's
+    AOT plugin checks). Every field must be present: a missing one means an untested Triton.
     """
-    from triton.backends.nvidia.compiler import ptx_get_version
+    required = {"global_scratch_size": lambda v: v == 0, "profile_scratch_size": lambda v: v == 0,
+                "num_ctas": lambda v: v == 1, "launch_cooperative_grid": lambda v: not v,
+                "launch_pdl": lambda v: not v, "tmem_size": lambda v: not v,
+                "tensordesc_meta": lambda v: not v, "shared": lambda v: 0 <= int(v) <= MAX_STATIC_SHARED}
+    for field, ok in required.items():
+        if not hasattr(md, field):
+            raise RuntimeError(f"compile_ptx: Triton's kernel metadata has no {field!r}; this Triton "
+                               f"is not one the AOT plugin was checked against (see setup.cfg)")
+        value = getattr(md, field)
+        if not ok(value):
+            raise RuntimeError(f"compile_ptx: kernel needs {field}={value!r}, which a TensorRT AOT launch "
+                               f"cannot provide (use smaller tiles or another kernel configuration)")
 
+
+def ptx_isa_for_cuda(version: str) -> int:
+    """PTX ISA (as Triton's ``ptx_version`` option, 84 = 8.4) that CUDA ``version`` ("12.4") supports.
+
+    The same table as Triton's ``ptx_get_version``, without importing Triton. Raises ``ValueError``
+    for a version that is not "major.minor" or older than CUDA 11.
+    """
+    m = re.fullmatch(r"\s*(\d+)\.(\d+)\s*", str(version))
+    if not m:
+        raise ValueError(f"CUDA version must look like '12.4', got {version!r}")
+    major, minor = int(m.group(1)), int(m.group(2))
+    if major >= 13:
+        return 90 + (major - 13) * 10 + minor
+    if major == 12:
+        return 80 + minor if minor < 6 else 80 + minor - 1
+    if major == 11:
+        return 70 + minor
+    raise ValueError(f"CUDA {version} is older than 11.0, which the kernel does not support")
+
+
+def driver_ptx_version(driver_version: int) -> int:
+    """Highest PTX ISA a CUDA driver can JIT; ``driver_version`` is cuDriverGetVersion's integer
+    (12040 for CUDA 12.4)."""
     v = int(driver_version)
-    return int(ptx_get_version(f"{v // 1000}.{(v % 1000) // 10}"))
+    return ptx_isa_for_cuda(f"{v // 1000}.{(v % 1000) // 10}")
+
+
+def ptxas_path(arch: int) -> str:
+    """Path of the ptxas Triton uses for ``arch`` (``TRITON_PTXAS_PATH`` /
+    ``TRITON_PTXAS_BLACKWELL_PATH`` first, else the one bundled with Triton), found without
+    importing Triton. Raises ``FileNotFoundError`` when there is none."""
+    import importlib.util
+    import os
+
+    tool = "ptxas" if int(arch) < 90 else "ptxas-blackwell"   # Triton 3.9: get_ptxas(arch)
+    env = os.environ.get(f"TRITON_{tool.upper().replace('-', '_')}_PATH")
+    if env:
+        return env
+    spec = importlib.util.find_spec("triton")
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        path = os.path.join(root, "backends", "nvidia", "bin", tool)
+        if os.access(path, os.X_OK):
+            return path
+    raise FileNotFoundError(f"no {tool} for sm_{arch}: Triton is not installed (pip install 'quantart[gpu]')")
+
+
+_PTXAS_ISA: dict = {}
+
+
+def ptxas_ptx_version(arch: int) -> int:
+    """Highest PTX ISA the ptxas Triton uses for ``arch`` accepts (its ``--version`` release), cached
+    per process; runs the binary (no GPU, no Triton import). Raises ``RuntimeError`` if unreadable."""
+    import subprocess
+
+    path = ptxas_path(arch)
+    if path not in _PTXAS_ISA:
+        try:
+            text = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=60).stdout
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise RuntimeError(f"cannot run {path} --version ({exc})") from None
+        m = re.search(r"release (\d+\.\d+)", text)
+        if not m:
+            raise RuntimeError(f"{path} --version printed no release number")
+        _PTXAS_ISA[path] = ptx_isa_for_cuda(m.group(1))
+    return _PTXAS_ISA[path]
+
+
+def ptx_version_for_driver(driver_version: int, arch: int) -> int:
+    """PTX ISA to compile for: min(what the driver can JIT, what Triton's ptxas for ``arch`` accepts).
+
+    A CUDA 13.0 driver JITs PTX 9.0 but Triton 3.9's ptxas for sm_80 stops at 8.8 ("Unsupported
+    .version 9.0"); the smaller of the two is both assemblable here and loadable there (the cap
+    torch_tensorrt applies). No Triton import (the engine cache key needs this on every load).
+    """
+    return min(driver_ptx_version(driver_version), ptxas_ptx_version(_parse_arch(arch)))
 
 
 def nearest_code_reference(z, codebook, ratio: float = 1.0, return_margin: bool = False):
@@ -264,7 +358,8 @@ def nearest_code_reference(z, codebook, ratio: float = 1.0, return_margin: bool 
     z64 = np.asarray(z, dtype=np.float64)
     e64 = np.asarray(codebook, dtype=np.float64)
     if z64.ndim != 2 or e64.ndim != 2 or z64.shape[1] != e64.shape[1] or e64.shape[0] < 1:
-        raise ValueError(f"nearest_code_reference: need z (N, D) and codebook (K>=1, D), got {z64.shape} and {e64.shape}")
+        raise ValueError(f"nearest_code_reference: need z (N, D) and codebook (K>=1, D), "
+                         f"got {z64.shape} and {e64.shape}")
     scores = (e64 * e64).sum(1)[None, :] - 2.0 * (z64 @ e64.T)
     idx = np.argmin(scores, axis=1)
     codes = e64[idx]

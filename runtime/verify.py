@@ -1,0 +1,320 @@
+"""Torch-free precision verification: judge a backend and precision on a model's stored references.
+
+``quantart-export`` stores sample inputs with PyTorch FP32's outputs in the model directory
+(``verification_data`` in the manifest, see ``quantart_export.reference``). ``verify_model`` runs
+them through a backend at a precision and judges
+
+* each graph, fed the FP32 reference inputs (as export verification does):
+  content_encoder: the tokens of the FP32 ``sga`` fed its latent (the content latent has no tokens
+  of its own: what matters is the codes it leads to); style_encoder: its tokens; sga: its tokens;
+  decoder: the uint8 image PSNR;
+* the whole chain with the resulting plan (content -> sga with the plan's style latent -> decoder):
+  tokens and image PSNR.
+
+Gates: token agreement ≥ 99 %, image PSNR ≥ 30 dB (pooled over the stored resolutions). The result
+is a *precision plan*: the tested precision for every graph that passes, FP32 for the others; when
+the chain fails with that plan, graphs fall back to FP32 (encoders first) until it passes.
+
+Plans are cached as JSON per (model manifest sha256, backend, precision, CPU model) in
+``$XDG_CACHE_HOME/quantart/plans`` (default ``~/.cache/quantart/plans``); ``plan_for`` reads the
+cache or verifies once.
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import platform
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ModelError
+from .manifest import graph_names, load_manifest
+from .util import psnr_uint8, sha256_bytes, sha256_file, write_json
+
+TOKEN_GATE = 0.99
+PSNR_GATE_DB = 30.0
+STAGE2_GRAPHS = ("content_encoder", "style_encoder", "sga", "decoder")
+FALLBACK_ORDER = ("content_encoder", "style_encoder", "sga", "decoder")  # demoted first .. last
+_ARRAYS = ("content", "style", "content_latent", "style_latent", "style_indices", "stylized_latent",
+           "indices", "image")
+
+
+def cache_root() -> Path:
+    """``$XDG_CACHE_HOME/quantart`` (default ``~/.cache/quantart``)."""
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(root, "quantart")
+
+
+def cpu_model() -> str:
+    """This CPU's model name and its BF16/AMX/AVX-512 flags (the plan cache key's CPU part)."""
+    name, flags = platform.processor() or "unknown CPU", []
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    name = value.strip()
+                elif key.strip() == "flags":
+                    flags = sorted(x for x in value.split() if "bf16" in x or x.startswith(("amx", "avx512f")))
+                    break
+    except OSError:
+        pass
+    return f"{name} [{' '.join(flags)}]" if flags else name
+
+
+@dataclass
+class Check:
+    """One judged measurement: ``graph`` (or "chain"), ``metric``, ``value`` against ``gate``."""
+    graph: str
+    precision: str
+    metric: str
+    value: float
+    gate: float
+
+    @property
+    def passed(self) -> bool:
+        """True when ``value`` reaches the gate (higher is better for both metrics)."""
+        return not math.isnan(self.value) and self.value >= self.gate
+
+    def as_dict(self) -> dict:
+        """JSON form with ``passed``."""
+        return {**asdict(self), "passed": self.passed}
+
+
+@dataclass
+class PlanResult:
+    """A verified precision plan: {graph: precision} with the checks that chose it and why."""
+    backend: str
+    precision: str
+    plan: dict
+    checks: list = field(default_factory=list)
+    reason: str = ""
+    cpu: str = ""
+    model_sha256: str = ""
+    cached: bool = False
+
+    def as_dict(self) -> dict:
+        """JSON form (the cache file's content)."""
+        d = asdict(self)
+        d["checks"] = [c.as_dict() if isinstance(c, Check) else c for c in self.checks]
+        d.pop("cached")
+        return d
+
+    def summary(self) -> str:
+        """One line: which graphs run at which precision."""
+        low = [g for g, p in self.plan.items() if p != "fp32"]
+        if not low:
+            return f"{self.backend}: every graph fp32"
+        return f"{self.backend}: {', '.join(low)} {self.precision}, the rest fp32"
+
+
+def load_references(model_dir, manifest: dict) -> list[dict[str, np.ndarray]]:
+    """The stored verification arrays, one dict per resolution (sha256-checked).
+
+    Raises ``ModelError`` when the model has none (exported before verification data existed), a
+    file is missing, altered or malformed.
+    """
+    root = Path(model_dir)
+    entries = manifest.get("verification_data")
+    if not entries:
+        raise ModelError(f"model {root}: has no verification data (re-export it with this quantart-export)")
+    out = []
+    for entry in entries:
+        name = str(entry.get("file", ""))
+        path = root / name
+        if not name or Path(name).is_absolute() or ".." in Path(name).parts or not path.is_file():
+            raise ModelError(f"model {root}: verification file {name!r} is missing")
+        data = path.read_bytes()
+        if sha256_bytes(data) != str(entry.get("sha256", "")).lower():
+            raise ModelError(f"model {root}: {name} does not match its sha256 in manifest.json")
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as z:
+                arrays = {k: z[k] for k in _ARRAYS}
+        except (KeyError, ValueError, OSError) as exc:
+            raise ModelError(f"model {root}: {name} is not a verification file ({exc})") from None
+        out.append(arrays)
+    return out
+
+
+def _preprocess(images: np.ndarray) -> np.ndarray:
+    x = images.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(127.5) - np.float32(1.0)
+    return np.ascontiguousarray(x)
+
+
+def _postprocess(image: np.ndarray) -> np.ndarray:
+    return np.rint((np.clip(image, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8).transpose(0, 2, 3, 1)
+
+
+def _sga_feeds(content_latent, style_latent) -> dict:
+    one = np.array([1.0], dtype=np.float32)
+    return {"content_latent": content_latent, "style_latent": style_latent, "content_ratio": one,
+            "output_ratio": one}
+
+
+class _Pool:
+    """Pooled token agreement / uint8 MSE over resolutions."""
+
+    def __init__(self):
+        self.same = self.total = 0
+        self.a: list = []
+        self.b: list = []
+
+    def tokens(self, ours, ref):
+        self.same += int(np.sum(ours == ref))
+        self.total += int(ref.size)
+
+    def image(self, ours, ref):
+        self.a.append(ours.reshape(-1))
+        self.b.append(ref.reshape(-1))
+
+    def agreement(self) -> float:
+        return self.same / self.total if self.total else float("nan")
+
+    def psnr(self) -> float:
+        return psnr_uint8(np.concatenate(self.a), np.concatenate(self.b))
+
+
+def judge_graphs(test, base, refs, precision: str) -> list[Check]:
+    """Per-graph checks of runner ``test`` (fed the FP32 reference inputs); ``base`` is an FP32
+    runner of the same backend that turns content latents into tokens (its sga)."""
+    pools = {g: _Pool() for g in STAGE2_GRAPHS}
+    for r in refs:
+        latent = test.infer("content_encoder", {"image": _preprocess(r["content"])})["content_latent"]
+        tokens = base.infer("sga", _sga_feeds(latent, r["style_latent"]))["indices"]
+        pools["content_encoder"].tokens(tokens, r["indices"])
+        out = test.infer("style_encoder", {"image": _preprocess(r["style"])})
+        pools["style_encoder"].tokens(out["style_indices"], r["style_indices"])
+        out = test.infer("sga", _sga_feeds(r["content_latent"], r["style_latent"]))
+        pools["sga"].tokens(out["indices"], r["indices"])
+        image = test.infer("decoder", {"latent": r["stylized_latent"]})["image"]
+        pools["decoder"].image(_postprocess(image), r["image"])
+    checks = [Check(g, precision, "token agreement", pools[g].agreement(), TOKEN_GATE)
+              for g in ("content_encoder", "style_encoder", "sga")]
+    checks.append(Check("decoder", precision, "image PSNR dB", pools["decoder"].psnr(), PSNR_GATE_DB))
+    return checks
+
+
+def judge_chain(runner, refs, label: str) -> list[Check]:
+    """The chain content -> sga (style latent from the style encoder) -> decoder of ``runner``."""
+    pool = _Pool()
+    for r in refs:
+        latent = runner.infer("content_encoder", {"image": _preprocess(r["content"])})["content_latent"]
+        style = runner.infer("style_encoder", {"image": _preprocess(r["style"])})["style_latent"]
+        out = runner.infer("sga", _sga_feeds(latent, style))
+        pool.tokens(out["indices"], r["indices"])
+        pool.image(_postprocess(runner.infer("decoder", {"latent": out["stylized_latent"]})["image"]), r["image"])
+    return [Check("chain", label, "token agreement", pool.agreement(), TOKEN_GATE),
+            Check("chain", label, "image PSNR dB", pool.psnr(), PSNR_GATE_DB)]
+
+
+def _runner(backend: str, model_dir, manifest, precision: str, plan: dict | None, options: dict):
+    from .backends import get_runner_class
+
+    cls = get_runner_class(backend)
+    opts = dict(options)
+    if plan is not None:
+        opts["plan"] = plan
+    if backend == "openvino":
+        return cls(Path(model_dir), manifest, precision="fp32", **opts)
+    if plan is not None:
+        raise ModelError(f"backend {backend} runs one precision for every graph; per-graph plans need openvino")
+    return cls(Path(model_dir), manifest, precision=precision, **opts)
+
+
+def verify_model(model_dir, backend: str = "openvino", precision: str = "bf16", **options) -> PlanResult:
+    """Judge ``backend`` at ``precision`` on the model's stored references; return the plan.
+
+    ``options`` go to the runner (e.g. ``capabilities``, ``cache_dir``). Raises ``ModelError`` /
+    ``BackendError`` (one line) when the model or backend cannot be used.
+    """
+    manifest = load_manifest(model_dir, precision="fp32")
+    if manifest["kind"] != "stage2":
+        raise ModelError(f"model {model_dir}: precision plans are for Stage 2 models")
+    refs = load_references(model_dir, manifest)
+    result = PlanResult(backend, precision, {g: "fp32" for g in graph_names(manifest)}, cpu=cpu_model(),
+                        model_sha256=sha256_file(Path(model_dir) / "manifest.json"))
+    per_graph = backend == "openvino"
+    base = _runner(backend, model_dir, manifest, "fp32", None, options)
+    base.activate()
+    try:
+        if precision == "fp32":
+            result.checks = judge_graphs(base, base, refs, "fp32") + judge_chain(base, refs, "fp32")
+            result.reason = "fp32 reference" if all(c.passed for c in result.checks) else "FP32 fails its own gate"
+            return result
+        test = _runner(backend, model_dir, manifest, precision, {g: precision for g in result.plan}
+                       if per_graph else None, options)
+        with test:
+            result.checks = judge_graphs(test, base, refs, precision)
+        plan = {c.graph: (precision if c.passed else "fp32") for c in result.checks}
+        if not per_graph:
+            plan = {g: (precision if all(c.passed for c in result.checks) else "fp32") for g in plan}
+        order = [g for g in FALLBACK_ORDER if plan[g] != "fp32"]
+        while True:
+            if all(p == "fp32" for p in plan.values()):
+                break
+            with _runner(backend, model_dir, manifest, precision, plan if per_graph else None,
+                         options) as chained:
+                chain = judge_chain(chained, refs, "plan")
+            result.checks += chain
+            if all(c.passed for c in chain):
+                break
+            if not per_graph:
+                plan = {g: "fp32" for g in plan}
+                break
+            plan[order.pop(0)] = "fp32"
+        result.plan = plan
+        failed = sorted({c.graph for c in result.checks if not c.passed and c.graph != "chain"})
+        result.reason = (f"verified {precision}: " + (f"{', '.join(failed)} stay fp32 (below the gate)"
+                                                        if failed else "every graph passes"))
+        return result
+    finally:
+        base.deactivate()
+
+
+def plan_cache_path(model_sha256: str, backend: str, precision: str, cpu: str | None = None) -> Path:
+    """The cache file of one (model, backend, precision, CPU model)."""
+    cpu_key = sha256_bytes((cpu or cpu_model()).encode())[:12]
+    return cache_root() / "plans" / f"{model_sha256[:20]}-{backend}-{precision}-{cpu_key}.json"
+
+
+def plan_for(model_dir, backend: str = "openvino", precision: str = "bf16", refresh: bool = False,
+             **options) -> PlanResult:
+    """The cached plan of this model on this CPU, else ``verify_model`` once and cache it.
+
+    A corrupt cache file is ignored and rewritten. Raises as ``verify_model``.
+    """
+    load_manifest(model_dir, precision="fp32", verify=False)   # a missing / bad directory: ModelError
+    digest = sha256_file(Path(model_dir) / "manifest.json")
+    path = plan_cache_path(digest, backend, precision)
+    if not refresh and path.is_file():
+        try:
+            data = json.loads(path.read_text())
+            if data.get("model_sha256") == digest and isinstance(data.get("plan"), dict):
+                return PlanResult(data["backend"], data["precision"], data["plan"], data.get("checks", []),
+                                  data.get("reason", ""), data.get("cpu", ""), digest, cached=True)
+        except (OSError, ValueError, KeyError):
+            pass
+    result = verify_model(model_dir, backend, precision, **options)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, result.as_dict())
+    except OSError:
+        pass   # an unwritable cache only costs a re-verification next time
+    return result
+
+
+def format_checks(result: PlanResult) -> str:
+    """The checks and the plan as a text table."""
+    lines = [f"{'graph':<16} {'precision':<9} {'metric':<16} {'value':>9}  gate    result"]
+    for c in result.checks:
+        c = c if isinstance(c, Check) else Check(c["graph"], c["precision"], c["metric"], c["value"], c["gate"])
+        value = f"{c.value * 100:.2f} %" if c.metric.startswith("token") else f"{c.value:.2f}"
+        gate = f"{c.gate * 100:.0f} %" if c.metric.startswith("token") else f"{c.gate:.0f} dB"
+        lines.append(f"{c.graph:<16} {c.precision:<9} {c.metric:<16} {value:>9}  {gate:<7} "
+                     f"{'ok' if c.passed else 'FAIL'}")
+    lines.append("plan: " + ", ".join(f"{g} {p}" for g, p in result.plan.items()) + f"  ({result.reason})")
+    return "\n".join(lines)

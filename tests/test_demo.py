@@ -1,0 +1,47 @@
+"""The demo's runtime half (stylize every pair, metrics, grids) on the tiny export, and the shipped demo model."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from quantart.training import demo
+
+
+def test_demo_stylizes_every_pair_and_reports_metrics(model_dir, assets_dir, tmp_path):
+    rows = demo.stylize_pairs(model_dir, assets_dir / "content", assets_dir / "style", tmp_path, size=32)
+    assert len(rows) == 16
+    assert {(r["content"], r["style"]) for r in rows} == {(f"{c}.jpg", f"{s}.jpg") for c in range(1, 5)
+                                                           for s in range(1, 5)}
+    for r in rows:
+        assert r["result_image"].shape == (32, 32, 3) and r["result_image"].dtype == np.uint8
+        assert -1.0 <= r["structure_ssim"] <= 1.0
+        saved = np.asarray(Image.open(tmp_path / "stylized" / r["style"][:-4] / f"{r['content'][:-4]}.png"))
+        np.testing.assert_array_equal(saved, r["result_image"])
+    report = demo.write_report(rows, tmp_path)
+    grid = Image.open(report["grid"])
+    assert grid.size == (3 * 34 + 2, 16 * 34 + 2)
+    assert Image.open(report["grid_matrix"]).size == (5 * 34 + 2, 5 * 34 + 2)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert len(metrics["pairs"]) == 16
+    mean = np.mean([p["palette_gain"] for p in metrics["pairs"]])
+    assert metrics["summary"]["palette_gain"]["mean"] == pytest.approx(mean)
+    assert (tmp_path / "metrics.md").read_text().count("\n") == 2 + 16 + 1
+
+
+@pytest.mark.skipif(not (demo.DEMO_MODEL / "config.json").is_file(), reason="no shipped demo model")
+def test_shipped_demo_model_loads_with_the_demo_architecture():
+    import yaml
+
+    import quantart
+
+    model = quantart.load_model(demo.DEMO_MODEL)
+    cfg = yaml.safe_load(demo.STAGE2_CONFIG.read_text())["model"]["params"]
+    assert model.config["ddconfig"]["ch_mult"] == cfg["ddconfig"]["ch_mult"]
+    assert model.config["n_embed"] == cfg["n_embed"] and model.config["embed_dim"] == cfg["embed_dim"]
+    stride = 2 ** (len(cfg["ddconfig"]["ch_mult"]) - 1)
+    assert stride >= 8
+    total = sum(p.stat().st_size for p in demo.DEMO_MODEL.iterdir() if p.is_file())
+    assert total <= 20 * 2 ** 20

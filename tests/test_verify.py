@@ -1,0 +1,141 @@
+"""Precision verification and plans (torch-free verifier, plan cache, backend="auto" selection, CLI)."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+pytest.importorskip("openvino", reason="openvino is not installed (the [cpu] extra)")
+
+
+def _has_bf16() -> bool:
+    from quantart_runtime.backends.openvino import cpu_capabilities
+
+    return "BF16" in cpu_capabilities()
+
+
+needs_bf16 = pytest.mark.skipif(not _has_bf16(), reason="this CPU reports no BF16 to OpenVINO")
+
+
+@pytest.fixture(autouse=True)
+def user_cache(tmp_path, monkeypatch):
+    """Plans and OpenVINO's compiled models go to a per-test cache directory."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    return tmp_path / "xdg"
+
+
+def test_reference_data_is_stored_small_and_hashed(model_dir, tmp_path):
+    from quantart_runtime import ModelError
+    from quantart_runtime.manifest import load_manifest
+    from quantart_runtime.util import sha256_file
+    from quantart_runtime.verify import load_references
+
+    manifest = load_manifest(model_dir)
+    entries = manifest["verification_data"]
+    assert [e["resolution"] for e in entries] == ["32x32", "24x40"]
+    for e in entries:
+        assert sha256_file(model_dir / e["file"]) == e["sha256"] and e["bytes"] < 1_000_000
+    refs = load_references(model_dir, manifest)
+    assert refs[0]["content"].dtype.name == "uint8" and refs[0]["image"].shape == refs[0]["content"].shape
+    assert refs[0]["indices"].dtype.name == "int64"
+    broken = tmp_path / "broken"
+    shutil.copytree(model_dir, broken)
+    path = broken / entries[0]["file"]
+    path.write_bytes(path.read_bytes()[:-10] + b"0123456789")
+    with pytest.raises(ModelError, match="does not match its sha256"):
+        load_references(broken, manifest)
+
+
+def test_fp32_passes_its_own_gate(model_dir):
+    from quantart_runtime.verify import verify_model
+
+    result = verify_model(model_dir, "onnxruntime", "fp32")
+    assert all(c.passed for c in result.checks) and set(result.plan.values()) == {"fp32"}
+    chain = {c.metric: c.value for c in result.checks if c.graph == "chain"}
+    assert chain["token agreement"] == 1.0 and chain["image PSNR dB"] >= 45
+
+
+@needs_bf16
+def test_bf16_plan_keeps_failing_graphs_fp32_and_is_cached(model_dir, user_cache):
+    from quantart_runtime.verify import plan_cache_path, plan_for
+
+    first = plan_for(model_dir, "openvino", "bf16")
+    checks = {c.graph: c for c in first.checks if c.graph != "chain"}
+    # every graph judged; the plan follows the judgement graph by graph
+    assert set(checks) == {"content_encoder", "style_encoder", "sga", "decoder"}
+    for graph, check in checks.items():
+        if not check.passed:
+            assert first.plan[graph] == "fp32", graph
+    # the tiny model: the BF16 decoder stays far above 30 dB, the near-tied encoder tokens flip
+    assert checks["decoder"].passed and first.plan["decoder"] == "bf16"
+    assert not checks["content_encoder"].passed and first.plan["content_encoder"] == "fp32"
+    chain = [c for c in first.checks if c.graph == "chain"]
+    assert chain and all(c.passed for c in chain[-2:])
+    assert not first.cached
+    path = plan_cache_path(first.model_sha256, "openvino", "bf16")
+    assert path.is_file() and str(path).startswith(str(user_cache))
+    second = plan_for(model_dir, "openvino", "bf16")
+    assert second.cached and second.plan == first.plan
+    path.write_text("{not json")
+    assert not plan_for(model_dir, "openvino", "bf16").cached   # a corrupt cache is re-verified
+
+
+def test_auto_selection_and_reasons(model_dir, tmp_path):
+    from quantart_runtime import Stylizer
+    from quantart_runtime.backends import available_backends, choose_backend
+
+    if available_backends()["tensorrt"] == "":
+        pytest.skip("TensorRT is available here: auto picks it first")
+    no_bf16 = choose_backend(model_dir, capabilities=["FP32"])
+    assert no_bf16.backend == "onnxruntime" and no_bf16.precision == "fp32"
+    assert "reports no BF16" in no_bf16.reason and "tensorrt:" in no_bf16.reason
+    assert "capabilities" not in no_bf16.options
+
+    old = tmp_path / "old_export"          # exported before verification data existed
+    shutil.copytree(model_dir, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    manifest.pop("verification_data")
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    if _has_bf16():
+        fallback = choose_backend(old)
+        assert fallback.backend == "onnxruntime" and "no verification data" in fallback.reason
+
+    assert choose_backend(model_dir, precision="fp32").backend == "onnxruntime"
+    forced = choose_backend(model_dir, precision="bf16")
+    assert forced.backend == "openvino" and set(forced.options["plan"].values()) == {"bf16"}
+    if not _has_bf16():
+        return
+    choice = choose_backend(model_dir)
+    assert choice.backend == "openvino" and choice.precision.startswith("decoder bf16")
+    assert "verified plan" in choice.reason
+    with Stylizer.load(model_dir) as st:
+        assert st.backend == "openvino" and st.precision == choice.precision
+        assert "cached plan" in st.reason          # verified once, on first use above
+
+
+def test_verify_cli(model_dir, tmp_path):
+    from quantart.cli import main
+
+    runner = CliRunner()
+    result = runner.invoke(main, ["verify", str(model_dir), "--backend", "onnxruntime", "--precision", "fp32"])
+    assert result.exit_code == 0, result.output
+    assert "plan: content_encoder fp32" in result.output and "chain" in result.output
+    result = runner.invoke(main, ["verify", str(tmp_path / "missing")])
+    assert result.exit_code == 2 and "no such directory" in result.output
+
+
+def test_stylize_verbose_says_what_runs(model_dir, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from quantart.cli import main
+
+    Image.fromarray(np.full((32, 32, 3), 100, np.uint8)).save(tmp_path / "c.png")
+    Image.fromarray(np.full((32, 32, 3), 200, np.uint8)).save(tmp_path / "s.png")
+    result = CliRunner().invoke(main, ["stylize", "--model", str(model_dir), "--style", str(tmp_path / "s.png"),
+                                       str(tmp_path / "c.png"), "-o", str(tmp_path / "out"), "--verbose",
+                                       "--no-progress", "--backend", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "backend: onnxruntime, precision: fp32 (backend onnxruntime asked for)" in result.output
