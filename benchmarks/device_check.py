@@ -94,6 +94,11 @@ def load_module(name: str, relpath: str):
     return module
 
 
+def one_line(exc, limit: int = 300, with_type: bool = False) -> str:
+    """``quantart_runtime.util.one_line`` (loaded from its file): the first line of an error."""
+    return load_module("errors", "runtime/util/errors.py").one_line(exc, limit=limit, with_type=with_type)
+
+
 def load_kernel():
     """runtime/kernels/nearest_code.py (numpy only until a Triton function is called)."""
     return load_module("nearest_code", "runtime/kernels/nearest_code.py")
@@ -133,7 +138,7 @@ def setup(res: dict) -> bool:
         res["device"]["ptxas_ptx_isa"] = nc.ptxas_ptx_version(major * 10 + minor)
         res["device"]["plugin_ptx_isa"] = nc.ptx_version_for_driver(driver, major * 10 + minor)
     except Exception as exc:     # recorded; the aot section reports it again
-        res["errors"]["setup"] = f"driver/PTX query failed: {type(exc).__name__}: {exc}".splitlines()[0]
+        res["errors"]["setup"] = f"driver/PTX query failed: {one_line(exc, with_type=True)}"
     return True
 
 
@@ -153,7 +158,7 @@ def run_sections(args, res: dict, sections: dict, write, clock=time.monotonic) -
         try:
             fn()
         except Exception as exc:
-            res["errors"][name] = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+            res["errors"][name] = one_line(exc, limit=500, with_type=True)
             load_module("atomic", "runtime/util/atomic.py").write_text(args.out / f"{name}.traceback.txt",
                                                                        traceback.format_exc())
         res["section_s"][name] = round(clock() - s0, 1)
@@ -256,7 +261,7 @@ def main(argv=None) -> int:
     try:
         ok = setup(res)
     except Exception as exc:
-        res["errors"]["setup"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+        res["errors"]["setup"] = one_line(exc, limit=500, with_type=True)
         ok = False
     write(res)
     if not ok:
@@ -271,7 +276,7 @@ def main(argv=None) -> int:
                 "aot": lambda: sec.aot(torch, nc, args, res),
                 "timing": lambda: sec.timing(torch, nc, args, res),
                 "memory": lambda: sec.memory(torch, load_module("cuda_mem", "runtime/backends/cuda_mem.py"), res),
-                "pipeline": lambda: sec.pipeline(torch, res)}
+                "pipeline": lambda: sec.pipeline(torch, res, one_line)}
     run_sections(args, res, sections, write)
     ok = all(r["ok"] for r in res.get("correctness", [])) and all(r["ok"] for r in res.get("aot", [])) \
         and all(r["ok"] for r in res.get("memory", []))

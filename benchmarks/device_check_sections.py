@@ -200,8 +200,9 @@ def memory(torch, cm, res):
         stream.close()
 
 
-def pipeline(torch, res):
-    """Torch eager official architecture at 256x256, batch 1 and 32, FP32 and FP16 (needs quantart)."""
+def pipeline(torch, res, one_line):
+    """Torch eager official architecture at 256x256, batch 1 and 32, FP32 and FP16 (needs quantart);
+    ``one_line`` formats a failed case's error."""
     from quantart import StyleTransfer
     from quantart.models.config import official_config
 
@@ -217,5 +218,5 @@ def pipeline(torch, res):
                     ms = _bench(lambda m=m, x=x, ref=ref: m.stylize(x, ref))
                 rows.append({"dtype": name, "batch": batch, "ms": ms, "images_per_s": batch / ms * 1e3})
             except Exception as ex:
-                rows.append({"dtype": name, "batch": batch, "error": str(ex).splitlines()[0][:300]})
+                rows.append({"dtype": name, "batch": batch, "error": one_line(ex)})
             torch.cuda.empty_cache()

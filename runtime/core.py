@@ -51,8 +51,11 @@ def check_writable(directory) -> None:
     path = Path(directory)
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(20, "exists and is not a directory", str(path))
-    path.mkdir(parents=True, exist_ok=True)
-    fd, probe = tempfile.mkstemp(dir=path, prefix=".quantart-write-test.", suffix=".tmp")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".quantart-write-test.", suffix=".tmp")
+    except OSError as exc:   # name the directory, not the probe file
+        raise type(exc)(exc.errno, exc.strerror, str(path)) from None
     os.close(fd)
     os.unlink(probe)
 

@@ -254,10 +254,13 @@ class SizePolicy:
             return height, width
         side = max(self.max_side(1, style_tokens), self.geometry.latent_stride)
         scale = min(1.0, side / math.sqrt(height * width))
-        h, w = max(1, int(height * scale)), max(1, int(width * scale))
-        while not self.fits(h, w, 1, style_tokens) and max(h, w) > 1:
-            h, w = max(1, int(h * 0.97)), max(1, int(w * 0.97))
-        return h, w
+
+        def size(s):
+            return max(1, round(height * s)), max(1, round(width * s))
+
+        while not self.fits(*size(scale), 1, style_tokens) and max(size(scale)) > 1:
+            scale *= 0.97
+        return size(scale)
 
     def fit_style(self, height: int, width: int) -> tuple[int, int]:
         """The (height, width) a style encoding may run at (the style encoder alone): itself or scaled

@@ -289,6 +289,8 @@ class Stylizer:
         self.size_policy = SizePolicy(self.size_policy.geometry, resolve_budget(budget))
 
     def default_batch_size(self, height: int, width: int) -> int:
+        """Images of this size per graph call: about PIXEL_BUDGET pixels, at most the profile's
+        max_batch and what the memory budget (``size_policy``) holds; at least 1."""
         hp, wp = im.padded_size(height, width, self.stride)
         return max(1, min(self.max_batch, PIXEL_BUDGET // (hp * wp),
                           self.size_policy.max_batch(hp, wp)))

@@ -44,7 +44,9 @@ _ARRAYS = ("content", "style", "content_latent", "style_latent", "style_indices"
 
 
 def cache_root() -> Path:
-    """``$XDG_CACHE_HOME/quantart`` (default ``~/.cache/quantart``)."""
+    """``$QUANTART_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/quantart`` (default ``~/.cache/quantart``)."""
+    if os.environ.get("QUANTART_CACHE_DIR"):
+        return Path(os.environ["QUANTART_CACHE_DIR"])
     root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(root, "quantart")
 

@@ -20,6 +20,16 @@ TEST_VERIFY_RES = [(32, 32), (32, 48)]  # export verification sizes of the tiny 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def quantart_cache(tmp_path_factory):
+    """Precision plans and OpenVINO's compiled models (QUANTART_CACHE_DIR) go to the session's tmp, never
+    to the user's cache directory."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("QUANTART_CACHE_DIR", str(tmp_path_factory.mktemp("quantart_cache")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """tests/data: the golden checkpoints and reference outputs computed with the official code."""

@@ -2,7 +2,8 @@
 
 No timing assertions: only that every field is there, the plots are valid PNGs, unavailable
 backends are listed as skipped with a reason, and the fidelity of ONNX Runtime against torch FP32
-is what an FP32 export gives.
+is what an FP32 export gives. The end-to-end run (an export of the micro model and one worker
+process per backend) is marked ``slow``; the bad-input cases run on the session's tiny export.
 """
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ MICRO = {"kind": "stage2", "n_embed": 64, "embed_dim": 32,
 
 @pytest.fixture(scope="module")
 def micro_model(tmp_path_factory):
+    """The micro model (no attention in the autoencoder, so the 256² style images stay cheap) saved and
+    exported (FP32, not verified: the report's fidelity section compares it with PyTorch)."""
     from quantart_export import export_model
 
     root = tmp_path_factory.mktemp("bench_model")
@@ -53,6 +56,7 @@ def report(micro_model, tmp_path_factory):
     return json.loads((out / "bench.json").read_text()), out, result.output
 
 
+@pytest.mark.slow
 def test_every_backend_is_measured_or_skipped_with_a_reason(report):
     rep, _, _ = report
     assert list(rep["backends"]) == list(BACKEND_ORDER)
@@ -67,6 +71,7 @@ def test_every_backend_is_measured_or_skipped_with_a_reason(report):
             assert rep["backends"][name]["status"] == "skipped", name
 
 
+@pytest.mark.slow
 def test_runs_cover_every_configuration_with_all_fields(report):
     rep, _, _ = report
     for name in ("torch-fp32", "ort-cpu"):
@@ -90,6 +95,7 @@ def test_runs_cover_every_configuration_with_all_fields(report):
     assert counts["content_encoder"] > counts["style_encoder"]
 
 
+@pytest.mark.slow
 def test_fidelity_of_the_fp32_export_against_torch(report):
     rep, _, _ = report
     ref = rep["backends"]["torch-fp32"]["fidelity_vs_torch_fp32"]
@@ -99,6 +105,7 @@ def test_fidelity_of_the_fp32_export_against_torch(report):
     assert ort["psnr_db"] >= 40.0 and ort["token_agreement_pct"] >= 95.0
 
 
+@pytest.mark.slow
 def test_flops_peaks_targets_and_environment(report):
     rep, _, _ = report
     flops = rep["flops"]["32"]
@@ -119,6 +126,7 @@ def test_flops_peaks_targets_and_environment(report):
     json.dumps(rep, allow_nan=False)  # strictly valid JSON: no NaN / inf anywhere
 
 
+@pytest.mark.slow
 def test_markdown_and_plots_written(report):
     rep, out, stdout = report
     md = (out / "bench.md").read_text()
@@ -164,8 +172,7 @@ def test_psnr_and_token_agreement(tmp_path):
     (["--resolutions", "256,x"], "--resolutions"),
     (["--peak-flops", "-3"], "--peak-flops"),
 ])
-def test_bad_input_is_one_line_and_exit_code_2(micro_model, tmp_path, args, message):
-    _, model_dir = micro_model
+def test_bad_input_is_one_line_and_exit_code_2(model_dir, tmp_path, args, message):
     argv = (["--model", str(model_dir)] if args[0] != "--model" else []) + args + ["--out", str(tmp_path / "o")]
     result = CliRunner().invoke(bench, argv)
     assert result.exit_code == 2, result.output

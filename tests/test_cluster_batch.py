@@ -23,7 +23,9 @@ BAD = {"zero.png": "empty", "truncated.png": "truncated", "text.jpg": "not an im
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    from quantart_runtime.cluster.batch import ray_init_options
+
+    ray.init(num_cpus=2, log_to_driver=False, **ray_init_options(None))   # as stylize-dataset starts it
     yield
     ray.shutdown()
 
@@ -60,12 +62,13 @@ def expected(model_dir, dataset):
 
 
 def _check_outputs(out, expected):
+    from quantart_runtime.cluster.files import output_name
     from quantart_runtime.images import load_image, save_image
 
     names = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
-    assert names == sorted(list(GOOD) + ["failures.jsonl"])  # exactly once each, no temp files left
+    assert names == sorted([output_name(n) for n in GOOD] + ["failures.jsonl"])  # once each, no temp files
     for name, want in expected.items():
-        got_path = out / name
+        got_path = out / output_name(name)
         if name.endswith(".jpg"):  # lossy: the same array must give the same bytes
             ref = save_image(want, out.parent / f"ref-{os.getpid()}.jpg")
             assert got_path.read_bytes() == ref.read_bytes(), name
@@ -151,3 +154,81 @@ def test_output_is_never_the_input_and_is_left_out_of_the_inputs(model_dir, data
     names = [rel for _, rel in files.list_inputs(src, exclude=src / "sub")]
     assert "a.png" in names and not any(n.startswith("sub/") for n in names)
     assert "notes.txt" not in names and "zero.png" in names
+
+
+# -- issue 14 -----------------------------------------------------------------------------------
+def test_one_oversized_image_does_not_abort_the_job(local_ray, model_dir, dataset, tmp_path):
+    """--max-side 0 (no resize) and a small memory budget: the 1600x1600 image is listed in
+    failures.jsonl with its reason; the good ones and the broken links' neighbours are written."""
+    from PIL import Image
+
+    from quantart_runtime.cluster.cli import stylize_dataset as cli
+
+    _, style = dataset
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(3):
+        (src / f"good{i}.png").write_bytes(encode(smooth_image(32, 40, seed=i)))
+    (src / "huge.png").write_bytes(encode(np.full((1600, 1600, 3), 90, np.uint8)))   # ~10 KB on disk
+    (src / "loop.png").symlink_to(src / "loop.png")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["--model", str(model_dir), "--style", str(style), str(src), str(out),
+                                      "--num-workers", "1", "--backend", "onnxruntime", "--batch-size", "4",
+                                      "--style-size", str(STYLE_SIZE), "--no-progress", "--ext", "jpg",
+                                      "--max-side", "0", "--memory-budget", "128M"])
+    assert result.exit_code == 1, result.output
+    assert "done 3, failed 2, skipped 0" in result.output
+    assert sorted(p.name for p in out.iterdir()) == ["failures.jsonl", "good0.jpg", "good1.jpg", "good2.jpg"]
+    assert Image.open(out / "good0.jpg").size == (40, 32)
+    failures = _failures(out / "failures.jsonl")
+    assert set(failures) == {"huge.png", "loop.png"}
+    assert "image is 1600x1600, above this model's limit" in failures["huge.png"]
+    assert failures["loop.png"] == "symbolic link loop"
+
+    # default size policy: the same image is downscaled to the memory limit and written
+    out2 = tmp_path / "out2"
+    (src / "loop.png").unlink()
+    result = CliRunner().invoke(cli, ["--model", str(model_dir), "--style", str(style), str(src / "huge.png"),
+                                      str(out2), "--num-workers", "1", "--backend", "onnxruntime",
+                                      "--style-size", str(STYLE_SIZE), "--no-progress", "--memory-budget", "128M"])
+    assert result.exit_code == 0, result.output
+    w, h = Image.open(out2 / "huge.png").size
+    assert w == h and 16 <= w < 400
+
+
+def test_ext_is_the_option_and_format_a_hidden_alias(tmp_path):
+    from quantart_runtime.cluster.cli import stylize_dataset as cli
+
+    args = ["--model", "m", "--style", "s", "in", "out"]
+    assert cli.make_context("x", [*args, "--ext", "webp"]).params["ext"] == "webp"
+    assert cli.make_context("x", [*args, "--format", "png"]).params["legacy_format"] == "png"
+    help_text = CliRunner().invoke(cli, ["--help"]).output
+    assert "--ext" in help_text and "--format" not in help_text
+
+
+def test_unwritable_output_fails_before_any_work(model_dir, dataset, tmp_path):
+    from quantart_runtime.cluster.cli import stylize_dataset as cli
+
+    if os.geteuid() == 0:
+        pytest.skip("root can write to a read-only directory")
+    src, style = dataset
+    out = tmp_path / "out"
+    out.mkdir()
+    out.chmod(0o555)
+    try:
+        result = CliRunner().invoke(cli, ["--model", str(model_dir), "--style", str(style), str(src), str(out)])
+    finally:
+        out.chmod(0o755)
+    assert result.exit_code == 2 and "Permission denied" in result.output, result.output
+    assert list(out.iterdir()) == []
+
+
+def test_a_ray_started_here_binds_loopback_only(local_ray):
+    psutil = pytest.importorskip("psutil")
+    ours = {p.pid for p in psutil.Process().children(recursive=True)} | {os.getpid()}
+    listening = [c for c in psutil.net_connections(kind="inet")
+                 if c.status == psutil.CONN_LISTEN and c.pid in ours]
+    assert listening, "Ray's processes listen somewhere"
+    exposed = [(c.laddr.ip, c.laddr.port) for c in listening
+               if c.laddr.ip not in ("127.0.0.1", "::1", "::ffff:127.0.0.1")]
+    assert exposed == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 
 import httpx
 import numpy as np
@@ -25,9 +26,10 @@ def service(model_dir):
     request timeout is far too short for any stylization."""
     from ray import serve
 
+    from quantart_runtime.cluster.batch import ray_init_options
     from quantart_runtime.cluster.serve import build_app, start_service
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    ray.init(num_cpus=2, log_to_driver=False, **ray_init_options(None))
     common = dict(cpus_per_replica=0.5, style_size=STYLE_SIZE, backend="onnxruntime")
     try:
         base = start_service(model_dir, host="127.0.0.1", port=free_port(), max_body_bytes=MAX_BODY,
@@ -36,6 +38,7 @@ def service(model_dir):
         serve.run(build_app(model_dir, max_ongoing_requests=1, max_queued_requests=1, max_batch_size=1,
                             **common), name="tight", route_prefix="/tight")
         serve.run(build_app(model_dir, request_timeout_s=1e-4, **common), name="slow", route_prefix="/slow")
+        serve.run(build_app(model_dir, memory_budget="128M", **common), name="small", route_prefix="/small")
         yield base
     finally:
         serve.shutdown()
@@ -178,3 +181,72 @@ def test_bounded_load_has_no_server_errors_and_batches(service, style_id, tmp_pa
     assert saved["throughput_rps"] > 0 and 0 < saved["latency_ms"]["p50"] <= saved["latency_ms"]["p99"]
     health = httpx.get(f"{service}/v1/health", timeout=30).json()
     assert health["largest_batch"] > 1  # concurrent requests were stylized together
+
+
+# -- issue 14: memory bounded by the model --------------------------------------------------------
+HUGE = encode(np.full((1600, 1600, 3), 200, np.uint8))   # ~10 KB body, 2.5 Mpx, far above the tiny model's limit
+
+
+@pytest.fixture(scope="module")
+def small_style_id(service):
+    """STYLE registered on the "small" app (128 MiB memory budget; its own style registry)."""
+    response = httpx.post(f"{service}/small/v1/styles", content=encode(STYLE), timeout=60)
+    assert response.status_code == 201, response.text
+    return response.json()["style_id"]
+
+
+def test_huge_dimensions_in_a_tiny_file_are_refused_with_4xx_when_resizing_is_off(service, small_style_id):
+    style_id = small_style_id
+    assert len(HUGE) < MAX_BODY
+    response = httpx.post(f"{service}/small/v1/stylize", params={"style_id": style_id, "resize": "false"},
+                          content=HUGE, timeout=120)
+    assert response.status_code == 413, response.text
+    assert "1600x1600" in response.json()["error"] and "resizing was not allowed" in response.json()["error"]
+    response = httpx.post(f"{service}/small/v1/stylize", params={"style_id": style_id, "resize": "maybe"},
+                          content=HUGE, timeout=120)
+    assert response.status_code == 400 and "resize" in response.json()["error"]
+
+
+def test_huge_dimensions_are_downscaled_and_the_answer_says_so(service, small_style_id):
+    style_id = small_style_id
+    response = httpx.post(f"{service}/small/v1/stylize", params={"style_id": style_id}, content=HUGE, timeout=300)
+    assert response.status_code == 200, response.text
+    image = Image.open(io.BytesIO(response.content))
+    w, h = image.size
+    assert w == h and 16 <= w < 400
+    assert response.headers["X-Quantart-Resized"] == f"1600x1600->{w}x{h}"
+    small = httpx.post(f"{service}/small/v1/stylize", params={"style_id": style_id}, content=encode(CONTENT),
+                       timeout=120)
+    assert small.status_code == 200 and "X-Quantart-Resized" not in small.headers
+
+
+@pytest.mark.parametrize("shape", [(1, 64), (64, 1)])
+def test_a_thin_style_is_refused_with_400(service, shape):
+    thin = encode(np.full((*shape, 3), 90, np.uint8))      # 72 bytes
+    response = httpx.post(f"{service}/v1/styles", content=thin, timeout=60)
+    assert response.status_code == 400, response.text
+    assert "smaller than one latent cell" in response.json()["error"]
+
+
+def test_a_very_wide_style_is_capped_not_a_500(service):
+    response = httpx.post(f"{service}/small/v1/styles", content=encode(np.full((16, 5000, 3), 90, np.uint8)),
+                          timeout=120)
+    assert response.status_code == 201, response.text
+
+
+def test_proxy_timeout_counts_from_arrival_including_queue_wait(service):
+    from ray.serve.context import _get_global_client
+
+    from quantart_runtime.cluster.serve import QUEUE_GRACE_S
+
+    # the proxy's end-to-end timer starts when the request arrives, before any queueing
+    assert _get_global_client().http_config.request_timeout_s == 60 + QUEUE_GRACE_S
+
+
+def test_replicas_listen_on_loopback_only(service):
+    psutil = pytest.importorskip("psutil")
+    ours = {p.pid for p in psutil.Process().children(recursive=True)} | {os.getpid()}
+    listening = [c for c in psutil.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN and c.pid in ours]
+    assert listening
+    assert [(c.laddr.ip, c.laddr.port) for c in listening
+            if c.laddr.ip not in ("127.0.0.1", "::1", "::ffff:127.0.0.1")] == []

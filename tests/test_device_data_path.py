@@ -178,3 +178,61 @@ def test_broadcast_by_doubling(rows):
     calls = broadcast_rows(dst, src, row, rows, None, copy=copy)
     assert calls == 1 + int(np.ceil(np.log2(rows)))
     assert bytes(memory[dst:]) == bytes(range(1, row + 1)) * rows
+
+
+@pytest.mark.gpu
+def test_cuda_device_path_counts_and_matches_cpu(model_dir, fresh):
+    """GPU check (ONNX Runtime CUDA): the same copy counts as on the CPU, the latents on the device
+    (OrtValues on "cuda"), pinned staging with cuda-python, and the images close to the CPU path."""
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("onnxruntime-gpu (CUDAExecutionProvider) is not installed here")
+    from quantart_runtime import Stylizer
+
+    gpu = Stylizer.load(model_dir, backend="onnxruntime", providers=["CUDAExecutionProvider"])
+    try:
+        if gpu.runner.device_type != "cuda":
+            pytest.skip("no CUDA device visible to onnxruntime")
+        style_cpu = fresh.encode_style(photo(32, 32, 1, "style"), size=STYLE_SIZE)
+        style_gpu = gpu.encode_style(photo(32, 32, 1, "style"), size=STYLE_SIZE)
+        contents = [photo(32, 32, 1 + seed % 4) for seed in range(5)]
+        gpu.runner.transfers.clear()
+        out = gpu.stylize(contents, style_gpu, batch_size=2)
+        assert dict(gpu.runner.transfers) == {"h2d": 3 + 1 + 2, "d2h": 3, "d2d": 1}
+        ref = fresh.stylize(contents, style_cpu, batch_size=2)
+        for a, b in zip(out, ref):
+            assert np.abs(a.astype(int) - b.astype(int)).mean() < 1.0
+    finally:
+        gpu.close()
+
+
+def test_next_batch_is_preprocessed_while_the_current_one_runs(fresh, monkeypatch):
+    """While run_graphs works on batch n, batch n+1 is being preprocessed in the worker thread: each
+    run_graphs call (but the last) waits until the next preprocess has started, which would never
+    happen if preprocessing only followed execution."""
+    import threading
+
+    started, threads = [], []
+    events = [threading.Event() for _ in range(3)]
+    real_pre, real_run = fresh.preprocess, fresh.run_graphs
+
+    def preprocess(contents):
+        n = len(started)
+        started.append(n)
+        threads.append(threading.current_thread().name)
+        events[n].set()
+        return real_pre(contents)
+
+    calls = []
+
+    def run_graphs(x, style, *args):
+        n = len(calls)
+        calls.append(n)
+        if n + 1 < len(events):
+            assert events[n + 1].wait(timeout=60), f"batch {n + 1} was not preprocessed during batch {n}"
+        return real_run(x, style, *args)
+
+    monkeypatch.setattr(fresh, "preprocess", preprocess)
+    monkeypatch.setattr(fresh, "run_graphs", run_graphs)
+    style = fresh.encode_style(photo(32, 32, 1, "style"), size=STYLE_SIZE)
+    fresh.stylize([photo(32, 32, 1 + i % 4) for i in range(6)], style, batch_size=2)
+    assert calls == [0, 1, 2] and all(t.startswith("quantart-preprocess") for t in threads)

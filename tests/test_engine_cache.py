@@ -194,3 +194,25 @@ def test_waiters_block_until_the_builder_is_done(tmp_path):
     ends = sorted(float(t) for kind, _, t in lines if kind == "end")
     assert len(starts) == 2 and starts[1] < ends[0]                   # overlapped: different locks
     assert time.time() - t0 < 60
+
+
+def test_cache_key_needs_neither_triton_nor_onnx():
+    """Issue 13 item 11: a cache hit must not import Triton (nor onnx): the key's PTX ISA comes from
+    the driver version and Triton's ptxas binary, Triton's version from package metadata."""
+    pytest.importorskip("triton")
+    code = textwrap.dedent("""
+        import json, sys
+        from quantart_runtime.backends.trt_engine import cache_fields
+        from quantart_runtime.kernels.nearest_code import ptx_version_for_driver
+        ptx = ptx_version_for_driver(13020, 80)
+        fields = cache_fields(graph="sga", graph_sha256="ab" * 32, precision="fp16", tensorrt_version="10.13.0",
+                              gpu_name="NVIDIA A100", compute_capability=(8, 0), driver_version=13020,
+                              ptx_version=ptx, profile={}, workspace_bytes=1, builder_flags=[])
+        print(json.dumps({"ptx": ptx, "triton_version": fields["triton_version"],
+                          "imported": sorted(m for m in ("triton", "onnx", "tensorrt", "torch") if m in sys.modules)}))
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["imported"] == [] and got["triton_version"] != "none"
+    assert got["ptx"] <= 92                              # capped by Triton's ptxas for sm_80

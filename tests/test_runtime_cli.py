@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 
 import numpy as np
 import pytest
@@ -22,7 +23,8 @@ def style_file(tmp_path):
 def invoke(model_dir, style, *args):
     from quantart_runtime.cli import stylize
 
-    result = CliRunner().invoke(stylize, ["--model", str(model_dir), "--style", str(style),
+    # ONNX Runtime CPU, like the `stylizer` fixture these outputs are compared with (auto may pick OpenVINO BF16)
+    result = CliRunner().invoke(stylize, ["--model", str(model_dir), "--style", str(style), "--backend", "cpu",
                                           "--style-size", str(STYLE_SIZE), "--no-progress", *map(str, args)])
     if result.exception and not isinstance(result.exception, SystemExit):
         raise result.exception
@@ -134,7 +136,8 @@ def test_setup_errors_exit_2(model_dir, style_file, tmp_path):
         ((model_dir, empty_style, src, "-o", out), f"error: style image {empty_style}: empty file (0 bytes)"),
         ((model_dir, tmp_path / "nostyle.jpg", src, "-o", out), "error: style image"),
         ((tmp_path / "nomodel", style_file, src, "-o", out), f"error: model {tmp_path / 'nomodel'}: no such directory"),
-        ((model_dir, style_file, src, "-o", src, "--ext", "png"), f"error: output {src / 'a.png'} would overwrite the input"),
+        ((model_dir, style_file, src, "-o", src, "--ext", "png"),
+         f"error: output {src / 'a.png'} would overwrite the input"),
         ((model_dir, style_file, tmp_path / "emptydir", "-o", out), "error: no images found"),
     ]
     (tmp_path / "emptydir").mkdir()
@@ -145,3 +148,140 @@ def test_setup_errors_exit_2(model_dir, style_file, tmp_path):
         assert len(lines) == 1 and lines[0].startswith(message), lines
         assert not any(out.rglob("*.png"))
     assert digests(src) == before
+
+
+# -- issue 14: odd files, limits, interruption -------------------------------------------------
+def test_symlink_loops_and_dangling_links_are_reported_and_counted(model_dir, style_file, tmp_path):
+    src = tmp_path / "in"
+    (src / "locked").mkdir(parents=True)
+    (src / "a.png").write_bytes(encode(photo(32, 32, 1)))
+    (src / "locked" / "b.png").write_bytes(encode(photo(32, 32, 2)))
+    (src / "loop1.png").symlink_to(src / "loop2.png")
+    (src / "loop2.png").symlink_to(src / "loop1.png")
+    (src / "gone.png").symlink_to(tmp_path / "missing.png")
+    outer_loop = tmp_path / "outer.png"
+    outer_loop.symlink_to(outer_loop)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a.png").symlink_to(out / "a.png")   # an output name that is itself a looping link
+    locked = os.geteuid() != 0
+    if locked:
+        (src / "locked").chmod(0)
+    try:
+        result = invoke(model_dir, style_file, src, outer_loop, "-o", out)
+    finally:
+        (src / "locked").chmod(0o755)
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert f"failed: {src / 'loop1.png'}: symbolic link loop" in lines
+    assert f"failed: {src / 'loop2.png'}: symbolic link loop" in lines
+    assert f"failed: {outer_loop}: symbolic link loop" in lines
+    assert any(line.startswith(f"failed: {src / 'gone.png'}: broken symbolic link") for line in lines)
+    failed = 4 + locked
+    if locked:
+        assert any(line.startswith(f"failed: {src / 'locked'}: cannot list directory") for line in lines)
+    assert lines[-1] == f"done {2 - locked}, failed {failed}, skipped 0"
+    assert (out / "a.png").is_file() and not (out / "a.png").is_symlink()
+    assert Image.open(out / "a.png").size == (32, 32)
+
+
+def test_output_dir_is_checked_for_writing_before_any_work(model_dir, style_file, tmp_path):
+    if os.geteuid() == 0:
+        pytest.skip("root can write to a read-only directory")
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "a.png").write_bytes(encode(photo(32, 32)))
+    out = tmp_path / "out"
+    out.mkdir()
+    out.chmod(0o555)
+    try:
+        result = invoke(model_dir, style_file, src, "-o", out)
+    finally:
+        out.chmod(0o755)
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: cannot write to output directory {out}"), lines
+    assert "done" not in result.stderr and list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("shape", [(1, 5000), (64, 1)])
+def test_a_thin_style_is_one_line_exit_2(model_dir, tmp_path, shape):
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "a.png").write_bytes(encode(photo(32, 32)))
+    style = tmp_path / "thin.png"
+    style.write_bytes(encode(np.full((*shape, 3), 120, np.uint8)))
+    result = invoke(model_dir, style, src, "-o", tmp_path / "out")
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines == [f"error: style image {style}: image is {shape[1]}x{shape[0]}, smaller than one latent "
+                     f"cell (4x4)"], lines
+
+
+def test_a_wide_style_has_its_long_side_capped(model_dir, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "a.png").write_bytes(encode(photo(32, 32)))
+    style = tmp_path / "wide.png"
+    style.write_bytes(encode(np.full((16, 5000, 3), 120, np.uint8)))   # 256-wide would be 80000 long
+    result = invoke(model_dir, style, src, "-o", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out" / "a.png").is_file()
+
+
+def test_memory_limit_downscales_or_refuses_and_min_size_uses_the_original(model_dir, style_file, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "huge.png").write_bytes(encode(np.full((1600, 1600, 3), 90, np.uint8)))   # ~10 KB, 2.5 Mpx
+    (src / "wide.png").write_bytes(encode(np.full((16, 5000, 3), 90, np.uint8)))     # valid: 16 >= 4
+    (src / "ok.png").write_bytes(encode(photo(32, 32)))
+    out = tmp_path / "out"
+    result = invoke(model_dir, style_file, src, "-o", out, "--memory-budget", "128M")
+    assert result.exit_code == 0, result.output
+    huge = Image.open(out / "huge.png").size
+    assert huge[0] == huge[1] and 16 <= huge[0] < 400        # downscaled to what 128 MiB holds
+    wide = Image.open(out / "wide.png").size
+    assert wide[0] <= 1024 and wide[1] >= 4                   # --max-side default 1024, short side kept >= stride
+
+    result = invoke(model_dir, style_file, src, "-o", tmp_path / "out0", "--memory-budget", "128M", "--max-side", 0)
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert any(line.startswith(f"failed: {src / 'huge.png'}: image is 1600x1600, above this model's limit")
+               and "resizing was not allowed" in line for line in lines), lines
+    assert lines[-1] == "done 2, failed 1, skipped 0"
+
+    result = invoke(model_dir, style_file, src, "-o", out, "--memory-budget", "lots")
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_sigint_summary_counts_the_files_written(model_dir, style_file, tmp_path):
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(120):
+        (src / f"{i:03d}.png").write_bytes(encode(photo(64, 64, 1 + i % 4)))
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "quantart_runtime", "stylize", "--model", str(model_dir),
+                             "--style", str(style_file), "--style-size", str(STYLE_SIZE), "--batch-size", "2",
+                             "--no-progress", str(src), "-o", str(out)],
+                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None and len(list(out.glob("*.png"))) < 3:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    summary = err.strip().splitlines()[-1]
+    written = len(list(out.glob("*.png")))
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the interrupt arrived")
+    assert proc.returncode == 130, err
+    found = re.fullmatch(r"done (\d+), failed 0, skipped 0 \(interrupted\)", summary)
+    assert found, summary
+    assert int(found.group(1)) == written >= 3
+    assert not list(out.glob(".*.tmp"))                       # no half-written file left

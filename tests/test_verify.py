@@ -21,7 +21,8 @@ needs_bf16 = pytest.mark.skipif(not _has_bf16(), reason="this CPU reports no BF1
 
 @pytest.fixture(autouse=True)
 def user_cache(tmp_path, monkeypatch):
-    """Plans and OpenVINO's compiled models go to a per-test cache directory."""
+    """Plans and OpenVINO's compiled models go to a per-test cache directory (XDG_CACHE_HOME)."""
+    monkeypatch.delenv("QUANTART_CACHE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     return tmp_path / "xdg"
 

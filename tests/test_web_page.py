@@ -25,6 +25,12 @@ from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 pytestmark = pytest.mark.timeout(600)
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+# a mark, not a fixture's skip: it is decided before the (module-scoped) service starts
+needs_browser = pytest.mark.skipif(
+    not (CHROMIUM and CHROMEDRIVER), reason="no chromium + chromedriver here (`make test` installs Debian's "
+    "chromium and chromium-driver with apt-get where apt-get is available)")
 
 STYLE_SIZE = 64
 WAIT_S = 180
@@ -57,16 +63,12 @@ def service(model_dir, assets_dir):
 
 @pytest.fixture
 def browser(tmp_path):
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver_path = shutil.which("chromedriver")
-    if not (chromium and driver_path):
-        pytest.skip("no chromium + chromedriver here (`make test` installs Debian's chromium and "
-                    "chromium-driver with apt-get where apt-get is available)")
+    """Headless chromium through chromedriver, with a fresh profile in the test's tmp dir."""
     options = webdriver.ChromeOptions()
-    options.binary_location = chromium
+    options.binary_location = CHROMIUM
     for flag in CHROMIUM_FLAGS + [f"--user-data-dir={tmp_path / 'profile'}"]:
         options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=driver_path))
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
     yield driver
     driver.quit()
 
@@ -102,6 +104,7 @@ def test_page_files_styles_listing_and_health(service, assets_dir):
     assert health["backend"] == "onnxruntime" and health["precision"] == "fp32"
 
 
+@needs_browser
 def test_page_stylizes_and_shows_the_service_reasons(browser, service, model_dir, assets_dir, tmp_path):
     from quantart_runtime import Stylizer, load_image
     from quantart_runtime.cluster.http_io import style_id_for

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ..engine_cache import EngineCache
 from ..errors import BackendError, ModelError
+from ..manifest import verified_digests
 from ..util.digest import sha256_bytes, sha256_file
 
 MIN_TENSORRT = (10, 12)
@@ -158,8 +159,7 @@ class EngineLoader:
     def graph_digest(self, entry: dict) -> str:
         """The graph file's sha256 as verified by ``load_manifest``, hashing the file only if the
         manifest was loaded without verification."""
-        verified = self.manifest.get("_sha256") or {}
-        digest = verified.get(entry["file"])
+        digest = verified_digests(self.manifest).get(entry["file"])
         return digest or sha256_file(self.model_dir / entry["file"])
 
     def fields(self, graph: str) -> dict:

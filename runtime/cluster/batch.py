@@ -50,6 +50,7 @@ class Summary:
 
     @property
     def images_per_s(self) -> float:
+        """Images written per second of the run."""
         return self.done / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
     def __str__(self) -> str:

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from ..core import INPUT_EXTENSIONS, OUTPUT_FORMATS  # the same inputs and formats as `quantart stylize`
-from ..files import broken_link
-from ..images import SAVE_FORMATS, save_image
+from ..files import broken_link, output_suffix
+from ..images import save_image
 from ..util.atomic import write_bytes
 
 __all__ = ["OUTPUT_FORMATS", "list_inputs", "output_name", "existing_outputs", "is_complete", "read_bytes",
@@ -29,6 +29,7 @@ _END_MARKERS = {".png": b"IEND\xaeB`\x82", ".jpg": b"\xff\xd9", ".jpeg": b"\xff\
 
 
 def is_uri(path) -> bool:
+    """True for a URI (``scheme://...``), False for a local path."""
     return "://" in str(path)
 
 
@@ -103,14 +104,13 @@ def list_inputs(source, exclude=None, problems: list | None = None) -> list[tupl
 
 
 def output_name(rel: str, fmt: str = "same") -> str:
-    """The output's relative name: the input's name; with ``fmt="same"`` its extension too when the
-    runtime can write it (else ``.png``); ``"png"`` / ``"jpg"`` force the format."""
+    """The output's relative name: the input's name with the extension ``quantart stylize`` gives it
+    (``files.output_suffix``: ``"same"`` keeps a PNG/JPEG/WebP extension, else ``.png``; ``"png"``,
+    ``"jpg"``, ``"jpeg"``, ``"webp"`` force the format). Raises ``ValueError`` for another ``fmt``."""
     if fmt not in OUTPUT_FORMATS:
         raise ValueError(f"output format must be one of {', '.join(OUTPUT_FORMATS)}, got {fmt!r}")
     stem, ext = posixpath.splitext(rel)
-    if fmt == "same":
-        return rel if ext.lower() in SAVE_FORMATS else stem + ".png"
-    return f"{stem}.{fmt}"
+    return stem + output_suffix(Path(rel), fmt)
 
 
 def existing_outputs(output) -> set[str]:
@@ -160,6 +160,7 @@ def is_complete(path) -> bool:
 
 
 def read_bytes(path) -> bytes:
+    """The bytes of a local file or a URI (``OSError`` when it cannot be read)."""
     path = str(path)
     if is_uri(path):
         fs, inner = _filesystem(path)

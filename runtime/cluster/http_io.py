@@ -180,6 +180,7 @@ def check_style_id(style_id: str) -> str:
 
 
 def encode_image(array: np.ndarray, fmt: str, jpeg_quality: int = 95) -> bytes:
+    """An (H, W, 3) uint8 array -> PNG (``fmt="png"``) or JPEG (``"jpeg"``) bytes."""
     buf = io.BytesIO()
     image = Image.fromarray(array, mode="RGB")
     if fmt == "jpeg":

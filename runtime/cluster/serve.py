@@ -71,12 +71,14 @@ class StyleRegistry:
         return [sample.listing() for sample in self.samples.values()]
 
     def put(self, style_id: str, data: bytes) -> None:
+        """Keep a style image under its id (the least recently used beyond ``max_styles`` go)."""
         self.styles[style_id] = data
         self.styles.move_to_end(style_id)
         while len(self.styles) > self.max_styles:
             self.styles.popitem(last=False)
 
     def get(self, style_id: str) -> bytes | None:
+        """A style image by id (a sample style or an upload), ``None`` when unknown."""
         if style_id in self.samples:
             return self.samples[style_id].data
         data = self.styles.get(style_id)
@@ -121,6 +123,7 @@ class StylizeService:
     # -- endpoints ---------------------------------------------------------------------------
     @app.get("/v1/health")
     async def health(self):
+        """``GET /v1/health``: 200 with the model, backend, precision and batching counters."""
         return {"status": "ok", "kind": self.manifest.get("kind"), "latent_stride": self.stride,
                 "backend": self.stylizer.backend, "precision": self.stylizer.runner.precision,
                 "cached_styles": len(self.codes), **self.stats}
@@ -145,10 +148,12 @@ class StylizeService:
 
     @app.post("/v1/styles")
     async def register_style(self, request: Request):
+        """``POST /v1/styles``: register a style image -> 201 ``{"style_id"}`` (400 unusable, 413 too big)."""
         return await self._guard(self._register(request))
 
     @app.post("/v1/stylize")
     async def stylize(self, request: Request):
+        """``POST /v1/stylize``: the stylized image (PNG/JPEG); refusals as in the module docstring."""
         return await self._guard(self._stylize(request))
 
     # -- request handling --------------------------------------------------------------------

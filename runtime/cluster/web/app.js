@@ -9,7 +9,8 @@ const state = { content: null, styleId: null, busy: false, again: false };
 
 // -- talking to the service ------------------------------------------------------------------
 async function call(method, path, body, headers = {}) {
-  // One request, relative to the page (so a route prefix works); logged with its status and time.
+  // One request, relative to the page (a route prefix works when the page URL ends in "/");
+  // logged with its status and time.
   const started = performance.now();
   try {
     const response = await fetch(new URL(path, document.baseURI), { method, body, headers });

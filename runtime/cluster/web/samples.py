@@ -49,7 +49,7 @@ def load_sample_styles(folder, style_size: int, max_pixels: int) -> list[SampleS
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise ValueError(f"sample styles: {folder} is not a folder")
+        raise ValueError(f"sample styles: {folder} is not a folder (give a folder of style images)")
     paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in EXTENSIONS and p.is_file())
     if not paths:
         raise ValueError(f"sample styles: no images ({', '.join(EXTENSIONS)}) in {folder}")
