@@ -37,13 +37,14 @@ browser:
 	    $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } \
 	  || echo "could not install chromium: the browser test will be skipped"; fi
 
-# CI's command: lint, then the whole suite (CPU, <= 10 minutes on 2 cores).
+# CI's command: lint, then the whole suite (CPU; budget 10 minutes on 2 cores).
 test: venv lint browser
 	$(BIN)/python -m pytest -q -ra
 
-# The edit loop: lint, then everything but the `slow` tests (full-size official architecture, the
-# end-to-end training runs); <= 3 minutes on 2 cores.
-test-fast: venv lint browser
+# The edit loop: lint, then everything but the `slow` tests (full-size official architecture,
+# multi-process training, the benchmark run, the Ray and browser modules: see tests/conftest.py);
+# budget 3 minutes on 2 cores. No browser needed: the page test is in the slow lane.
+test-fast: venv lint
 	$(BIN)/python -m pytest -q -ra -m "not slow"
 
 .PHONY: venv demo lint browser test test-fast

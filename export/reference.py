@@ -5,6 +5,8 @@ holds the project's sample images as uint8 (``content`` (N, H, W, 3), ``style`` 
 PyTorch FP32 computes from them, content i paired with style i, ratios 1:
 
     content_latent (N, D, h, w)   continuous content latent (content encoder output)
+    content_indices (N, h, w)     its nearest codes in the content codebook (quantize_enc), int64
+    content_codebook (K, D)       that codebook, so a torch-free verifier can tokenise any content latent
     style_latent (N, D, h, w)     quantized style latent, style_indices (N, h, w) int64
     stylized_latent (N, D, h, w)  SGA + nearest code, indices (N, h, w) int64
     image (N, H, W, 3) uint8      decoded stylized latent, post-processed as the runtime does
@@ -52,11 +54,14 @@ def reference_arrays(model, height: int, width: int, samples_dir=None) -> dict[s
     content_u8, style_u8 = _to_uint8(content[:n]), _to_uint8(style[:n])
     x, ref = _from_uint8(content_u8), _from_uint8(style_u8)
     h_x = model.content_latent(x)
+    _, _, info_x = model.quantize_enc(h_x)
     quant_ref, _, info_ref = model.encode_real(ref)
     _, quant_y, _, indices_y = model.stylize_latent(h_x, quant_ref, 1.0, 1.0)
     image = model.decode(quant_y).numpy()
     return {"content": content_u8, "style": style_u8,
             "content_latent": h_x.numpy().astype(np.float32),
+            "content_indices": info_x[2].numpy().astype(np.int64).reshape(h_x.shape[0], *h_x.shape[2:]),
+            "content_codebook": model.quantize_enc.embedding.weight.detach().float().numpy(),
             "style_latent": quant_ref.numpy().astype(np.float32),
             "style_indices": info_ref[2].numpy().astype(np.int64).reshape(quant_ref.shape[0], *quant_ref.shape[2:]),
             "stylized_latent": quant_y.numpy().astype(np.float32),

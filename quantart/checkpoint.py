@@ -214,8 +214,7 @@ def save_model(model: nn.Module, path) -> Path:
     return path
 
 
-def _load_parts(path, parts: dict, trust: bool) -> None:
-    sd = read_state_dict(path, trust=trust)
+def _load_parts(path, sd: dict, parts: dict) -> None:
     for prefix, module in parts.items():
         part = select_prefix(sd, prefix)
         if not part:
@@ -227,13 +226,18 @@ def load_stage1_weights(model, checkpoint_encoder=None, checkpoint_decoder=None,
     """Fill a StyleTransfer's frozen parts from Stage 1 VQGAN checkpoints, as the official
     `checkpoint_encoder` / `checkpoint_decoder`: encoder, quant_conv, quantize → encoder, quant_conv,
     quantize_enc; and encoder, quant_conv, decoder, post_quant_conv, quantize → encoder_real,
-    quant_conv_real, decoder, post_quant_conv, quantize_dec. Raises CheckpointError (one line)."""
-    if checkpoint_encoder is not None:
-        _load_parts(checkpoint_encoder, model.content_vqgan_parts(), trust)
-        log.info("loaded the content VQGAN from %s", checkpoint_encoder)
-    if checkpoint_decoder is not None:
-        _load_parts(checkpoint_decoder, model.art_vqgan_parts(), trust)
-        log.info("loaded the art VQGAN from %s", checkpoint_decoder)
+    quant_conv_real, decoder, post_quant_conv, quantize_dec (one read when both are the same file).
+    Raises CheckpointError (one line)."""
+    read: dict = {}
+    for path, parts, what in ((checkpoint_encoder, model.content_vqgan_parts(), "content"),
+                              (checkpoint_decoder, model.art_vqgan_parts(), "art")):
+        if path is None:
+            continue
+        key = str(Path(path).resolve())
+        if key not in read:
+            read[key] = read_state_dict(path, trust=trust)
+        _load_parts(path, read[key], parts)
+        log.info("loaded the %s VQGAN from %s", what, path)
 
 
 def init_from_checkpoint(model: nn.Module, path, ignore_keys=(), trust: bool = False) -> None:

@@ -188,11 +188,9 @@ def stylize(model_dir, style_path, contents, out_dir, ext, quality, backend, dev
     if verbose:
         click.echo(f"backend: {stylizer.backend}, precision: {stylizer.precision}"
                    + (f" ({stylizer.reason})" if stylizer.reason else ""), err=True)
-    if max_side is None:
-        max_side = stylizer.max_res
     try:
         core = StylizeCore(stylizer, None, content_ratio=content_ratio, output_ratio=output_ratio,
-                           batch_size=batch_size, max_side=max_side or None, resize=max_side != 0,
+                           batch_size=batch_size, max_side=max_side, resize=max_side != 0,
                            style_size=style_size, memory_budget=memory_budget)
         core.code = core.encode_style(style_path)
     except ImageError as exc:

@@ -98,7 +98,8 @@ class StylizeCore:
 
     Args: stylizer: a ``Stylizer``; style: a ``StyleCode`` (or an image the stylizer encodes at
     ``style_size``); content_ratio / output_ratio / batch_size: as ``Stylizer.stylize``;
-    max_side: longest content side allowed (``None``/0: only the memory limit); resize: downscale
+    max_side: longest content side allowed (``None``: the model's profile ``max_res``; 0: only the
+    memory limit); resize: downscale
     what is above a limit (``False``: refuse it with ``ImageTooLarge``); memory_budget: bytes,
     ``"6G"`` or a fraction (``None``: the stylizer's default).
     """
@@ -114,7 +115,7 @@ class StylizeCore:
         self.content_ratio = float(content_ratio)
         self.output_ratio = float(output_ratio)
         self.batch_size = batch_size
-        self.max_side = int(max_side) if max_side else None
+        self.max_side = (stylizer.max_res if max_side is None else int(max_side)) or None
         self.resize = bool(resize)
 
     # -- styles ------------------------------------------------------------------------------

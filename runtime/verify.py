@@ -5,9 +5,9 @@
 them through a backend at a precision and judges
 
 * each graph, fed the FP32 reference inputs (as export verification does):
-  content_encoder: the tokens of the FP32 ``sga`` fed its latent (the content latent has no tokens
-  of its own: what matters is the codes it leads to); style_encoder: its tokens; sga: its tokens;
-  decoder: the uint8 image PSNR;
+  content_encoder: its content tokens (nearest codes of the stored content codebook, computed here in
+  float64, as the export verification's quantize_enc tokens); style_encoder: its tokens; sga: its
+  tokens; decoder: the uint8 image PSNR;
 * the whole chain with the resulting plan (content -> sga with the plan's style latent -> decoder):
   tokens and image PSNR.
 
@@ -39,8 +39,8 @@ TOKEN_GATE = 0.99
 PSNR_GATE_DB = 30.0
 STAGE2_GRAPHS = ("content_encoder", "style_encoder", "sga", "decoder")
 FALLBACK_ORDER = ("content_encoder", "style_encoder", "sga", "decoder")  # demoted first .. last
-_ARRAYS = ("content", "style", "content_latent", "style_latent", "style_indices", "stylized_latent",
-           "indices", "image")
+_ARRAYS = ("content", "style", "content_latent", "content_indices", "content_codebook", "style_latent",
+           "style_indices", "stylized_latent", "indices", "image")
 
 
 def cache_root() -> Path:
@@ -180,14 +180,21 @@ class _Pool:
         return psnr_uint8(np.concatenate(self.a), np.concatenate(self.b))
 
 
-def judge_graphs(test, base, refs, precision: str) -> list[Check]:
-    """Per-graph checks of runner ``test`` (fed the FP32 reference inputs); ``base`` is an FP32
-    runner of the same backend that turns content latents into tokens (its sga)."""
+def nearest_codes(latent: np.ndarray, codebook: np.ndarray) -> np.ndarray:
+    """Nearest codebook rows of a (N, D, h, w) latent -> (N, h, w) int64 (float64, lowest index on ties)."""
+    n, d, h, w = latent.shape
+    z = latent.astype(np.float64).transpose(0, 2, 3, 1).reshape(-1, d)
+    e = codebook.astype(np.float64)
+    scores = (e * e).sum(axis=1)[None, :] - 2.0 * (z @ e.T)
+    return scores.argmin(axis=1).reshape(n, h, w).astype(np.int64)
+
+
+def judge_graphs(test, refs, precision: str) -> list[Check]:
+    """Per-graph checks of runner ``test``, each graph fed the FP32 reference inputs."""
     pools = {g: _Pool() for g in STAGE2_GRAPHS}
     for r in refs:
         latent = test.infer("content_encoder", {"image": _preprocess(r["content"])})["content_latent"]
-        tokens = base.infer("sga", _sga_feeds(latent, r["style_latent"]))["indices"]
-        pools["content_encoder"].tokens(tokens, r["indices"])
+        pools["content_encoder"].tokens(nearest_codes(latent, r["content_codebook"]), r["content_indices"])
         out = test.infer("style_encoder", {"image": _preprocess(r["style"])})
         pools["style_encoder"].tokens(out["style_indices"], r["style_indices"])
         out = test.infer("sga", _sga_feeds(r["content_latent"], r["style_latent"]))
@@ -240,41 +247,41 @@ def verify_model(model_dir, backend: str = "openvino", precision: str = "bf16", 
     result = PlanResult(backend, precision, {g: "fp32" for g in graph_names(manifest)}, cpu=cpu_model(),
                         model_sha256=sha256_file(Path(model_dir) / "manifest.json"))
     per_graph = backend == "openvino"
-    base = _runner(backend, model_dir, manifest, "fp32", None, options)
-    base.activate()
-    try:
-        if precision == "fp32":
-            result.checks = judge_graphs(base, base, refs, "fp32") + judge_chain(base, refs, "fp32")
-            result.reason = "fp32 reference" if all(c.passed for c in result.checks) else "FP32 fails its own gate"
-            return result
-        test = _runner(backend, model_dir, manifest, precision, {g: precision for g in result.plan}
-                       if per_graph else None, options)
-        with test:
-            result.checks = judge_graphs(test, base, refs, precision)
-        plan = {c.graph: (precision if c.passed else "fp32") for c in result.checks}
-        if not per_graph:
-            plan = {g: (precision if all(c.passed for c in result.checks) else "fp32") for g in plan}
-        order = [g for g in FALLBACK_ORDER if plan[g] != "fp32"]
-        while True:
-            if all(p == "fp32" for p in plan.values()):
-                break
-            with _runner(backend, model_dir, manifest, precision, plan if per_graph else None,
-                         options) as chained:
-                chain = judge_chain(chained, refs, "plan")
-            result.checks += chain
-            if all(c.passed for c in chain):
-                break
-            if not per_graph:
-                plan = {g: "fp32" for g in plan}
-                break
-            plan[order.pop(0)] = "fp32"
-        result.plan = plan
-        failed = sorted({c.graph for c in result.checks if not c.passed and c.graph != "chain"})
-        result.reason = (f"verified {precision}: " + (f"{', '.join(failed)} stay fp32 (below the gate)"
-                                                        if failed else "every graph passes"))
+    if precision == "fp32":
+        with _runner(backend, model_dir, manifest, "fp32", None, options) as base:
+            result.checks = judge_graphs(base, refs, "fp32") + judge_chain(base, refs, "fp32")
+        result.reason = "fp32 reference" if all(c.passed for c in result.checks) else "FP32 fails its own gate"
         return result
-    finally:
-        base.deactivate()
+    test = _runner(backend, model_dir, manifest, precision, {g: precision for g in result.plan}
+                   if per_graph else None, options)
+    with test:
+        result.checks = judge_graphs(test, refs, precision)
+    plan = {c.graph: (precision if c.passed else "fp32") for c in result.checks}
+    if not per_graph:
+        plan = {g: (precision if all(c.passed for c in result.checks) else "fp32") for g in plan}
+    order = [g for g in FALLBACK_ORDER if plan[g] != "fp32"]
+    demoted: list[str] = []
+    while True:
+        if all(p == "fp32" for p in plan.values()):
+            break
+        with _runner(backend, model_dir, manifest, precision, plan if per_graph else None,
+                     options) as chained:
+            chain = judge_chain(chained, refs, "plan")
+        result.checks += chain
+        if all(c.passed for c in chain):
+            break
+        if not per_graph:
+            plan = {g: "fp32" for g in plan}
+            break
+        demoted.append(order.pop(0))
+        plan[demoted[-1]] = "fp32"
+    result.plan = plan
+    failed = sorted({c.graph for c in result.checks if not c.passed and c.graph != "chain"})
+    result.reason = (f"verified {precision}: " + (f"{', '.join(failed)} stay fp32 (below the gate)"
+                                                    if failed else "every graph passes"))
+    if demoted:
+        result.reason += f"; {', '.join(demoted)} back to fp32 for the chain"
+    return result
 
 
 def plan_cache_path(model_sha256: str, backend: str, precision: str, cpu: str | None = None) -> Path:

@@ -19,6 +19,18 @@ TEST_VERIFY_RES = [(32, 32), (32, 48)]  # export verification sizes of the tiny 
 # Two cores: keep each test process from oversubscribing them.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
+# Whole modules in the slow lane (`make test` runs them, `make test-fast` does not): each starts a local
+# Ray cluster (and Ray Serve, or Chromium) before its first assertion, tens of seconds on 2 cores.
+# Single slow tests elsewhere carry @pytest.mark.slow themselves.
+SLOW_MODULES = frozenset({"test_cluster_batch.py", "test_cluster_serve.py", "test_web_page.py"})
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test of SLOW_MODULES ``slow``."""
+    for item in items:
+        if item.path.name in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session", autouse=True)
 def quantart_cache(tmp_path_factory):

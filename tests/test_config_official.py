@@ -72,6 +72,11 @@ def stage1_ckpt(data_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def stage1_weights(stage1_ckpt):
+    return read_state_dict(stage1_ckpt)
+
+
+@pytest.fixture(scope="module")
 def stage2_weights(data_dir):
     return read_state_dict(data_dir / "tiny_stage2.ckpt")
 
@@ -87,7 +92,7 @@ CASES = [(name, res) for name in OFFICIAL for res in ("official", False)] + [("l
 
 @pytest.mark.parametrize("name,use_residual", CASES)
 def test_training_network_equals_loaded_network_equals_official(name, use_residual, tmp_path, data_dir,
-                                                               stage1_ckpt, stage2_weights):
+                                                               stage1_ckpt, stage1_weights, stage2_weights):
     path = _write(tmp_path, official_yaml(name, stage1_ckpt, use_residual))
     expected = True if use_residual == "official" else use_residual  # the official default is True
     # the network `quantart train stage2 --config` builds
@@ -96,7 +101,7 @@ def test_training_network_equals_loaded_network_equals_official(name, use_residu
     assert spec["loss"] == {**LOSS, **OFFICIAL[name]["loss"]}
     assert spec["base_lr"] == 4.5e-6 and spec["batch_size"] == 8 and spec["size"] == 32
     trained = build_training_model(spec)
-    s1 = read_state_dict(stage1_ckpt)  # the Stage 1 weights went where the official code puts them
+    s1 = stage1_weights  # the Stage 1 weights went where the official code puts them
     torch.testing.assert_close(trained.encoder_real.conv_in.weight, s1["encoder.conv_in.weight"], rtol=0, atol=0)
     torch.testing.assert_close(trained.quantize_enc.embedding.weight, s1["quantize.embedding.weight"], rtol=0,
                                atol=0)

@@ -102,6 +102,7 @@ _UNDER_LIMIT = textwrap.dedent("""
     st = Stylizer.load(model, backend="onnxruntime", providers=["CPUExecutionProvider"], intra_op_threads=1)
     limit = _vm_size() + headroom
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))     # the host "cannot hold" more than this
+    st.set_memory_budget(None)                                 # the default budget, seen from here: half
     core = StylizeCore(st, np.full((48, 48, 3), 100, np.uint8), style_size=32)   # default budget: half
     tokens = core.style_tokens()
     side = st.size_policy.max_side(1, tokens)

@@ -246,9 +246,10 @@ def test_memory_limit_downscales_or_refuses_and_min_size_uses_the_original(model
     result = invoke(model_dir, style_file, src, "-o", tmp_path / "out0", "--memory-budget", "128M", "--max-side", 0)
     assert result.exit_code == 1
     lines = result.stderr.strip().splitlines()
-    assert any(line.startswith(f"failed: {src / 'huge.png'}: image is 1600x1600, above this model's limit")
-               and "resizing was not allowed" in line for line in lines), lines
-    assert lines[-1] == "done 2, failed 1, skipped 0"
+    for name, size in (("huge.png", "1600x1600"), ("wide.png", "5000x16")):   # 20000 tokens at stride 2
+        assert any(line.startswith(f"failed: {src / name}: image is {size}, above this model's limit")
+                   and "resizing was not allowed" in line for line in lines), lines
+    assert lines[-1] == "done 1, failed 2, skipped 0"
 
     result = invoke(model_dir, style_file, src, "-o", out, "--memory-budget", "lots")
     assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1

@@ -14,10 +14,12 @@ def adopt_weight(weight: float, global_step: int, threshold: int = 0, value: flo
 
 
 def hinge_d_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
+    """0.5 · (mean(relu(1 − D(real))) + mean(relu(1 + D(fake)))), the official hinge loss."""
     return 0.5 * (torch.mean(F.relu(1.0 - logits_real)) + torch.mean(F.relu(1.0 + logits_fake)))
 
 
 def vanilla_d_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
+    """0.5 · (mean(softplus(−D(real))) + mean(softplus(D(fake)))), the official vanilla GAN loss."""
     return 0.5 * (torch.mean(F.softplus(-logits_real)) + torch.mean(F.softplus(logits_fake)))
 
 
@@ -25,6 +27,7 @@ D_LOSSES = {"hinge": hinge_d_loss, "vanilla": vanilla_d_loss}
 
 
 def d_loss_fn(name: str):
+    """The discriminator loss named `name` ("hinge" | "vanilla"); ValueError for another name."""
     if name not in D_LOSSES:
         raise ValueError(f"unknown GAN loss {name!r} (expected 'hinge' or 'vanilla')")
     return D_LOSSES[name]
@@ -49,6 +52,7 @@ class PatchGANLoss(nn.Module):
         self.discriminator_weight = disc_weight
 
     def disc_factor_at(self, global_step: int) -> float:
+        """disc_factor from `disc_start` steps on, 0 before (the official adopt_weight)."""
         return adopt_weight(self.disc_factor, global_step, threshold=self.discriminator_iter_start)
 
     def discriminator_step(self, real: torch.Tensor, fake: torch.Tensor, disc_factor, split: str):

@@ -31,6 +31,7 @@ def calc_mean_std(feat: torch.Tensor, eps: float = 1e-5):
 
 
 def content_loss(input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """MSE(input, sg[target]) (the official calc_content_loss); ValueError when the shapes differ."""
     if input.shape != target.shape:
         raise ValueError(f"content loss: shapes differ {tuple(input.shape)} vs {tuple(target.shape)}")
     return F.mse_loss(input, target.detach())

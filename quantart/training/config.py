@@ -79,6 +79,8 @@ PRECISIONS = {"32": "32-true", "32-true": "32-true", "16-mixed": "16-mixed", "bf
 
 
 def preset(stage: str, name: str = "official") -> dict:
+    """A fresh run spec of `stage` ("stage1" | "stage2") from preset `name` ("official" | "tiny"), without data.
+    Raises ConfigError for an unknown stage or preset."""
     if stage not in ("stage1", "stage2"):
         raise ConfigError(f"unknown stage {stage!r} (expected stage1 or stage2)")
     if name not in PRESETS:

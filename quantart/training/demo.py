@@ -63,6 +63,29 @@ def train_demo_model(out, stage1_steps: int = STAGE1_STEPS, stage2_steps: int = 
     return fit(s2, progress_bar=progress).model_dir
 
 
+def pack_model(model_dir, out_dir) -> Path:
+    """Copy a saved model (config.json + model.safetensors) to `out_dir` with its float32 weights stored as
+    float16 (half the size; `quantart.load_model` casts them back to float32 on loading). Atomic; returns
+    out_dir. Raises CheckpointError for a directory without those files.
+    """
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from quantart_runtime.util import atomic_dir
+
+    from ..checkpoint import CheckpointError
+
+    model_dir = Path(model_dir)
+    config, weights = model_dir / "config.json", model_dir / "model.safetensors"
+    if not config.is_file() or not weights.is_file():
+        raise CheckpointError(f"{model_dir}: not a saved model (config.json + model.safetensors)")
+    sd = {k: (v.half() if v.dtype == torch.float32 else v) for k, v in load_file(str(weights)).items()}
+    with atomic_dir(out_dir) as tmp:
+        (Path(tmp) / "config.json").write_bytes(config.read_bytes())
+        save_file(sd, str(Path(tmp) / "model.safetensors"))
+    return Path(out_dir)
+
+
 def _images(folder: Path) -> list[Path]:
     from quantart_runtime.files import IMAGE_EXTENSIONS
 

@@ -205,6 +205,8 @@ class OpenVINORunner(Runner):
 
     # -- life cycle ------------------------------------------------------------------------
     def activate_impl(self) -> None:
+        """Check BF16 support (one-line ``BackendError`` without it), set the model cache, and compile
+        every graph with its plan precision and the initial hint."""
         import openvino as ov
 
         if "bf16" in self.plan.values():
@@ -269,6 +271,7 @@ class OpenVINORunner(Runner):
         return compiled
 
     def deactivate_impl(self) -> None:
+        """Drop the infer requests, compiled graphs and read models."""
         self.requests.clear()
         self.compiled.clear()
         self._models.clear()
@@ -276,6 +279,8 @@ class OpenVINORunner(Runner):
 
     # -- inference -------------------------------------------------------------------------
     def infer_impl(self, graph: str, feeds: Mapping[str, np.ndarray], host_outputs: bool) -> dict:
+        """Run ``graph`` on checked host ``feeds``; numpy outputs always (a host backend). Batches above
+        one run as parallel requests on the graph's THROUGHPUT twin (``hint="auto"``)."""
         batch = max((v.shape[0] for v in feeds.values() if v.ndim >= 2), default=1)
         hint = self.hint if self.hint != "auto" else ("THROUGHPUT" if batch > 1 else "LATENCY")
         compiled = self._compile(graph, hint)

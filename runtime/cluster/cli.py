@@ -43,8 +43,9 @@ def _fail(message: str) -> None:
 @click.option("--format", "legacy_format", type=click.Choice(OUTPUT_FORMATS), default=None, hidden=True,
               help="Old name of --ext.")
 @click.option("--max-side", type=click.IntRange(min=0), default=None,
-              help="Downscale inputs whose longer side exceeds N pixels; inputs above the memory limit are "
-                   "always downscaled to it; 0: never resize (such inputs fail and are listed).")
+              help="Downscale inputs whose longer side exceeds N pixels (default: the model's max_res); "
+                   "inputs above the memory limit are always downscaled to it; 0: never resize (such inputs "
+                   "fail and are listed).")
 @click.option("--memory-budget", default=None, metavar="BYTES|FRACTION",
               help="Peak working memory per request on each worker: bytes (6G) or a fraction of the "
                    "worker's available memory (0.3). Default: $QUANTART_MEMORY_BUDGET, else half.")
@@ -65,7 +66,7 @@ def stylize_dataset(model_dir, style, input, output, address, num_workers, gpus_
                       gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
                       batch_size=batch_size, backend=backend, precision=precision,
                       content_ratio=content_ratio, output_ratio=output_ratio, style_size=style_size,
-                      ext=legacy_format or ext, max_side=max_side or None, resize=max_side != 0,
+                      ext=legacy_format or ext, max_side=max_side, resize=max_side != 0,
                       memory_budget=memory_budget, failures_file=failures_file,
                       max_task_retries=max_task_retries, progress=not no_progress)
     except ModelError as exc:
