@@ -176,7 +176,7 @@ class _Pool:
     def agreement(self) -> float:
         return self.same / self.total if self.total else float("nan")
 
-    def psnr(self) -> float:
+    def image_psnr(self) -> float:
         return psnr_uint8(np.concatenate(self.a), np.concatenate(self.b))
 
 
@@ -203,7 +203,7 @@ def judge_graphs(test, refs, precision: str) -> list[Check]:
         pools["decoder"].image(_postprocess(image), r["image"])
     checks = [Check(g, precision, "token agreement", pools[g].agreement(), TOKEN_GATE)
               for g in ("content_encoder", "style_encoder", "sga")]
-    checks.append(Check("decoder", precision, "image PSNR dB", pools["decoder"].psnr(), PSNR_GATE_DB))
+    checks.append(Check("decoder", precision, "image PSNR dB", pools["decoder"].image_psnr(), PSNR_GATE_DB))
     return checks
 
 
@@ -217,7 +217,7 @@ def judge_chain(runner, refs, label: str) -> list[Check]:
         pool.tokens(out["indices"], r["indices"])
         pool.image(_postprocess(runner.infer("decoder", {"latent": out["stylized_latent"]})["image"]), r["image"])
     return [Check("chain", label, "token agreement", pool.agreement(), TOKEN_GATE),
-            Check("chain", label, "image PSNR dB", pool.psnr(), PSNR_GATE_DB)]
+            Check("chain", label, "image PSNR dB", pool.image_psnr(), PSNR_GATE_DB)]
 
 
 def _runner(backend: str, model_dir, manifest, precision: str, plan: dict | None, options: dict):

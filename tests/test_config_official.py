@@ -1,4 +1,4 @@
-"""Issue 12 §2, §5: official configs mean what they mean.
+"""Official configs mean what they mean.
 
 For YAMLs of the shape of every official Stage 2 config (tiny ddconfig; those without `use_residual`
 take the official default), with `use_residual` True and False: the network `quantart train` builds

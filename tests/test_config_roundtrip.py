@@ -1,4 +1,4 @@
-"""Issue 12 §1: one config layer. Each model records its full constructor configuration; config.json
+"""One config layer. Each model records its full constructor configuration; config.json
 (save_model) and the Lightning checkpoints training writes carry it; load_model uses a stored config when
 there is one, infers from tensors only when there is none, and says which (attribute + log line)."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 12 §4: both objectives equal the official QuantArt losses: every logged value of both optimizer
+"""Both objectives equal the official QuantArt losses: every logged value of both optimizer
 steps on the tiny checkpoints (tests/data/tiny_stage*_loss.json, computed with the official code)
 within 1e-5 relative; plus hand-computed values for the pieces (no expected value is built with the
 function under test)."""

@@ -1,4 +1,4 @@
-"""Issue 2: the models reproduce the official QuantArt code (golden cases), load official layouts,
+"""The models reproduce the official QuantArt code (golden cases), load official layouts,
 infer architectures, and reject bad checkpoints with the documented errors."""
 from __future__ import annotations
 
