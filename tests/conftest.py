@@ -7,7 +7,9 @@ to break or edit a model directory copies it first.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -54,15 +56,40 @@ def assets_dir() -> Path:
     return ASSETS
 
 
+@dataclass
+class CliExport:
+    """What a ``quantart-export`` run left: the click result (exit code, stdout, stderr) and the output."""
+
+    result: Any
+    out: Path
+
+
 @pytest.fixture(scope="session")
-def tiny_stage1_export(tmp_path_factory) -> Path:
-    """tests/data/tiny_stage1.ckpt (a VQGAN) exported once per session: FP32 and FP16 graphs, verified at
-    TEST_VERIFY_RES, with a non-default TensorRT profile (opt 64, max 512, batch 8) to check its plumbing."""
-    from quantart_export import export_model
+def tiny_stage1_cli_export(tmp_path_factory) -> CliExport:
+    """tests/data/tiny_stage1.ckpt (a VQGAN) exported once per session through the ``quantart-export``
+    CLI, with --force over an existing directory: FP32 and FP16 graphs, verified at TEST_VERIFY_RES, a
+    non-default TensorRT profile (opt 64, max 512, batch 8). test_export_cli checks the command's result,
+    test_export_stage1 the graphs."""
+    from click.testing import CliRunner
+
+    from quantart_export.cli import main
 
     out = tmp_path_factory.mktemp("export_stage1") / "tiny_stage1_onnx"
-    return export_model(DATA / "tiny_stage1.ckpt", out, precision="both", verify_res=TEST_VERIFY_RES,
-                        opt_res=64, max_res=512, max_batch=8)
+    out.mkdir()
+    (out / "keep.txt").write_text("an older directory, replaced as a whole")
+    verify_res = ",".join(f"{h}x{w}" for h, w in TEST_VERIFY_RES)
+    result = CliRunner().invoke(main, [str(DATA / "tiny_stage1.ckpt"), "--out", str(out), "--force",
+                                       "--precision", "both", "--verify-res", verify_res, "--opt-res", "64",
+                                       "--max-res", "512", "--max-batch", "8"])
+    return CliExport(result, out)
+
+
+@pytest.fixture(scope="session")
+def tiny_stage1_export(tiny_stage1_cli_export) -> Path:
+    """The session's Stage 1 model directory (see ``tiny_stage1_cli_export``)."""
+    result = tiny_stage1_cli_export.result
+    assert result.exit_code == 0, f"quantart-export failed: {result.stderr or result.output}"
+    return tiny_stage1_cli_export.out
 
 
 @pytest.fixture(scope="session")

@@ -84,13 +84,19 @@ def test_existing_dir_needs_force_and_failed_verification_writes_nothing(tmp_pat
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temporary directory left
 
-    result = invoke(DATA / "tiny_stage1.ckpt", "--out", out, "--force", *FAST)
+
+def test_force_replaces_an_existing_dir_with_the_verified_export(tiny_stage1_cli_export):
+    """The session's Stage 1 export (conftest.py) ran through this CLI over an existing directory."""
+    result, out = tiny_stage1_cli_export.result, tiny_stage1_cli_export.out
     assert result.exit_code == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == str(out)
-    assert sorted(p.name for p in out.iterdir()) == ["decoder.onnx", "encoder.onnx", "manifest.json"]
+    assert "image PSNR dB" in result.stdout and "FAIL" not in result.stdout  # the verification table
+    assert all(line.startswith(("exported ", "verified ", "wrote ")) for line in result.stderr.strip().splitlines())
+    assert sorted(p.name for p in out.iterdir()) == [  # keep.txt is gone: the directory was replaced whole
+        "decoder.fp16.onnx", "decoder.onnx", "encoder.fp16.onnx", "encoder.onnx", "manifest.json"]
     m = manifest(out)
-    assert m["kind"] == "stage1" and m["verification"]["passed"] and m["options"]["precision"] == "fp32"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    assert m["kind"] == "stage1" and m["verification"]["passed"] and m["options"]["precision"] == "both"
+    assert sorted(p.name for p in out.parent.iterdir()) == [out.name]  # no temporary directory left
 
 
 def test_default_output_beside_checkpoint(tmp_path):

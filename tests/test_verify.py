@@ -35,12 +35,14 @@ def test_reference_data_is_stored_small_and_hashed(model_dir, tmp_path):
 
     manifest = load_manifest(model_dir)
     entries = manifest["verification_data"]
-    assert [e["resolution"] for e in entries] == ["32x32", "24x40"]
+    assert len(entries) == 2       # one file per verification resolution of the export
     for e in entries:
+        assert e["file"] == f"verification/reference_{e['resolution']}.npz"
         assert sha256_file(model_dir / e["file"]) == e["sha256"] and e["bytes"] < 1_000_000
     refs = load_references(model_dir, manifest)
     assert refs[0]["content"].dtype.name == "uint8" and refs[0]["image"].shape == refs[0]["content"].shape
-    assert refs[0]["indices"].dtype.name == "int64"
+    assert refs[0]["indices"].dtype.name == "int64" and refs[0]["content_indices"].dtype.name == "int64"
+    assert refs[0]["content_codebook"].shape == (manifest["n_embed"], manifest["embed_dim"])
     broken = tmp_path / "broken"
     shutil.copytree(model_dir, broken)
     path = broken / entries[0]["file"]

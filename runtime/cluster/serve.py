@@ -56,12 +56,36 @@ DEFAULTS = dict(backend="auto", precision="fp32", style_size=256, max_body_bytes
                 batch_wait_timeout_s=0.01, max_styles=1024, threads=None, memory_budget=None)
 
 
+def loopback_replica_grpc() -> bool:
+    """On a node whose Ray address is loopback, make this replica's inter-deployment gRPC server
+    listen on 127.0.0.1 instead of every interface: Ray Serve binds it to ``[::]:0`` unconditionally.
+    Called from a replica's ``__init__`` (the server starts right after it). Returns whether it did."""
+    import ray
+    from ray.serve._private import replica
+
+    if ray.util.get_node_ip_address() not in ("127.0.0.1", "::1", "localhost"):
+        return False
+    original = getattr(replica, "add_port_to_grpc_server", None)
+    if original is None or getattr(original, "quantart_loopback", False):
+        return original is not None
+
+    def on_loopback(server, address: str):
+        if address.startswith(("[::]:", "0.0.0.0:")):
+            address = "127.0.0.1:" + address.rsplit(":", 1)[1]
+        return original(server, address)
+
+    on_loopback.quantart_loopback = True
+    replica.add_port_to_grpc_server = on_loopback
+    return True
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 0})
 class StyleRegistry:
     """The registered style images, shared by every replica (id -> encoded bytes, LRU-bounded);
     the sample styles (``web.samples.SampleStyle``) are pinned and listed."""
 
     def __init__(self, max_styles: int = 1024, samples=()):
+        loopback_replica_grpc()
         self.max_styles = max_styles
         self.styles: OrderedDict[str, bytes] = OrderedDict()
         self.samples = {sample.style_id: sample for sample in samples}
@@ -100,6 +124,7 @@ class StylizeService:
         from .. import Stylizer
 
         settings = {**DEFAULTS, **options}
+        loopback_replica_grpc()
         self.registry = registry
         self.model_dir = model_dir
         self.manifest = load_manifest(model_dir, precision=settings["precision"], verify=False)
