@@ -13,7 +13,7 @@ with ``T = H*W / stride**2`` the level's tokens, ``T_k`` the key tokens (the sty
 cross-attention). ``ATTN_BYTES_PER_SCORE = 12``: three fp32 copies of the score matrix are live
 (scaled scores, softmax, its input to the second matmul); measured on the tiny test model with ONNX
 Runtime CPU (peak RSS over the loaded model: 62 MB at 96², 179 MB at 128², 812 MB at 192² against
-predicted 69 / 209 / 1062 MB), so the estimate is an upper bound.
+predicted 68 / 208 / 1035 MB), so the estimate is an upper bound.
 
 The **budget** is a byte count: ``--memory-budget`` / ``QUANTART_MEMORY_BUDGET`` (``"6G"``, ``"512M"``,
 a plain byte count, or a fraction ``"0.3"`` of the available memory); default ``DEFAULT_FRACTION`` of
