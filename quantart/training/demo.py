@@ -26,8 +26,8 @@ STAGE2_CONFIG = ROOT / "configs" / "demo_stage2.yaml"
 SIZE = 128                    # the demo stylizes (and measures) at 128 × 128
 CONTENT_RATIO = 1.0           # discrete–continuous fusion knobs of the demo (see README, "Demo")
 OUTPUT_RATIO = 1.0
-STAGE1_STEPS = 3000           # the training lengths of the shipped weights (assets/demo_model/TRAINING.md)
-STAGE2_STEPS = 1000
+STAGE1_STEPS = 200            # the training lengths of the shipped weights (assets/demo_model/TRAINING.md)
+STAGE2_STEPS = 340
 TARGETS = {"structure_ssim": 0.35, "palette_gain": 0.35}  # issue 15
 
 
