@@ -94,9 +94,8 @@ def load_module(name: str, relpath: str):
     return module
 
 
-def one_line(exc, limit: int = 300, with_type: bool = False) -> str:
-    """``quantart_runtime.util.one_line`` (loaded from its file): the first line of an error."""
-    return load_module("errors", "runtime/util/errors.py").one_line(exc, limit=limit, with_type=with_type)
+# The project's one-line error formatter, loaded from its file (it needs nothing but the stdlib).
+one_line = load_module("errors", "runtime/util/errors.py").one_line
 
 
 def load_kernel():

@@ -19,8 +19,8 @@ import click
 
 from .core import OUTPUT_FORMATS, StylizeCore, check_writable, failure_reason
 from .errors import ImageError, ModelError
-from .files import collect_inputs, overwritten_input, plan_outputs
 from .images import save_image
+from .inputs import collect_inputs, overwritten_input, plan_outputs
 from .util.errors import one_line
 
 

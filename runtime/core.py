@@ -24,7 +24,7 @@ import numpy as np
 
 from . import images as im
 from .errors import ImageError, ImageTooLarge
-from .files import IMAGE_EXTENSIONS, OUTPUT_EXTENSIONS
+from .inputs import IMAGE_EXTENSIONS, OUTPUT_EXTENSIONS
 from .util.errors import one_line
 
 INPUT_EXTENSIONS = frozenset(IMAGE_EXTENSIONS)

@@ -61,6 +61,21 @@ def _ratio(value, name: str) -> np.ndarray:
 
 
 class Stylizer:
+    """Stylizes images with an exported QuantArt Stage 2 model, without torch.
+
+    Build it with :meth:`Stylizer.load` (validates the model directory and starts a backend);
+    encode a style once with :meth:`encode_style` and stylize any number of content images with
+    :meth:`stylize`. Thread-safe for concurrent ``stylize`` calls on backends whose sessions are.
+    ``backend`` / ``precision`` name what runs; ``graph_calls`` counts runner calls per graph.
+
+    Args:
+        runner: an activated :class:`quantart_runtime.backends.Runner`.
+        manifest: the model's parsed ``manifest.json`` (must be a Stage 2 export).
+        style_cache_size: how many encoded styles the LRU cache keeps.
+    Raises:
+        ModelError: the export is not a Stage 2 model.
+    """
+
     def __init__(self, runner, manifest: dict, style_cache_size: int = STYLE_CACHE_SIZE):
         if manifest.get("kind") != "stage2":
             raise ModelError(f"model {runner.model_dir}: a {manifest.get('kind')} export has no style "
@@ -127,6 +142,7 @@ class Stylizer:
 
     @property
     def backend(self) -> str:
+        """The name of the backend that runs the graphs (e.g. ``"onnxruntime"``)."""
         return self.runner.name
 
     # -- the graphs, one call each ---------------------------------------------------------
@@ -239,6 +255,7 @@ class Stylizer:
 
     @staticmethod
     def postprocess(batch: np.ndarray, sizes: Sequence[tuple[int, int]]) -> list[np.ndarray]:
+        """Decoded (B, 3, Hp, Wp) float batch -> list of (H, W, 3) uint8 images cropped to ``sizes``."""
         return im.postprocess(batch, sizes)
 
     # -- styles ----------------------------------------------------------------------------

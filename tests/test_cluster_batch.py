@@ -62,7 +62,7 @@ def expected(model_dir, dataset):
 
 
 def _check_outputs(out, expected):
-    from quantart_runtime.cluster.files import output_name
+    from quantart_runtime.cluster.storage import output_name
     from quantart_runtime.images import load_image, save_image
 
     names = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
@@ -145,18 +145,18 @@ def test_cli_bad_style_or_model_exits_2_without_starting_ray(model_dir, dataset,
 
 
 def test_output_is_never_the_input_and_is_left_out_of_the_inputs(model_dir, dataset, tmp_path):
-    from quantart_runtime.cluster import files
+    from quantart_runtime.cluster import storage
     from quantart_runtime.cluster.cli import stylize_dataset as cli
 
     src, style = dataset
     result = CliRunner().invoke(cli, ["--model", str(model_dir), "--style", str(style), str(src), str(src)])
     assert result.exit_code == 2 and "never overwritten" in result.output
-    names = [rel for _, rel in files.list_inputs(src, exclude=src / "sub")]
+    names = [rel for _, rel in storage.list_inputs(src, exclude=src / "sub")]
     assert "a.png" in names and not any(n.startswith("sub/") for n in names)
     assert "notes.txt" not in names and "zero.png" in names
 
 
-# -- issue 14 -----------------------------------------------------------------------------------
+# -- size policy, bad files and failures ------------------------------------------------------
 def test_one_oversized_image_does_not_abort_the_job(local_ray, model_dir, dataset, tmp_path):
     """--max-side 0 (no resize) and a small memory budget: the 1600x1600 image is listed in
     failures.jsonl with its reason; the good ones and the broken links' neighbours are written."""

@@ -183,7 +183,7 @@ def test_bounded_load_has_no_server_errors_and_batches(service, style_id, tmp_pa
     assert health["largest_batch"] > 1  # concurrent requests were stylized together
 
 
-# -- issue 14: memory bounded by the model --------------------------------------------------------
+# -- memory bounded by the model -----------------------------------------------------------------
 HUGE = encode(np.full((1600, 1600, 3), 200, np.uint8))   # ~10 KB body, 2.5 Mpx, far above the tiny model's limit
 
 

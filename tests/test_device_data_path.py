@@ -123,7 +123,7 @@ def test_unknown_options_and_state(model_dir):
 
 
 def test_failed_activation_frees_what_it_created():
-    """Issue 13 item 10: an error inside activate_impl (e.g. an engine build) must not leak what was
+    """An error inside activate_impl (e.g. an engine build) must not leak what was
     created before it (the TensorRT runner's stream and event): the base calls deactivate_impl."""
     freed = []
 

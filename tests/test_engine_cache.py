@@ -197,7 +197,7 @@ def test_waiters_block_until_the_builder_is_done(tmp_path):
 
 
 def test_cache_key_needs_neither_triton_nor_onnx():
-    """Issue 13 item 11: a cache hit must not import Triton (nor onnx): the key's PTX ISA comes from
+    """A cache hit must not import Triton (nor onnx): the key's PTX ISA comes from
     the driver version and Triton's ptxas binary, Triton's version from package metadata."""
     pytest.importorskip("triton")
     code = textwrap.dedent("""

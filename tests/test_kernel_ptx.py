@@ -112,7 +112,7 @@ def test_ptx_isa_follows_the_driver_capped_by_ptxas(compiled):
 
 
 def test_driver_isa_above_ptxas_still_assembles(compiled):
-    """Issue 13 item 2: Triton 3.9 at sm_80 with a CUDA 13 driver asked for PTX 9.x, which its ptxas
+    """Triton 3.9 at sm_80 with a CUDA 13 driver asked for PTX 9.x, which its ptxas
     (12.9: ISA 8.8) refuses. compile_ptx caps the ISA, and the PTX assembles."""
     _, meta = compiled
     for arch in ("80", "90"):

@@ -150,7 +150,7 @@ def test_setup_errors_exit_2(model_dir, style_file, tmp_path):
     assert digests(src) == before
 
 
-# -- issue 14: odd files, limits, interruption -------------------------------------------------
+# -- odd files, limits, interruption ----------------------------------------------------------
 def test_symlink_loops_and_dangling_links_are_reported_and_counted(model_dir, style_file, tmp_path):
     src = tmp_path / "in"
     (src / "locked").mkdir(parents=True)

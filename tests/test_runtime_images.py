@@ -9,8 +9,15 @@ import pytest
 from PIL import Image
 
 from quantart_runtime import ImageError
-from quantart_runtime.images import (fit_max_side, load_image, padded_size, postprocess, preprocess, save_image,
-                                     style_size)
+from quantart_runtime.images import (
+    fit_max_side,
+    load_image,
+    padded_size,
+    postprocess,
+    preprocess,
+    save_image,
+    style_size,
+)
 from runtime_helpers import encode, photo
 
 
@@ -45,7 +52,8 @@ def test_modes_become_rgb():
     assert out[0, 0].tolist() == [255, 255, 255]
     assert out[0, 1].tolist() == [200, 0, 0]
     assert abs(int(out[0, 2, 0]) - 227) <= 1 and abs(int(out[0, 2, 1]) - 127) <= 1
-    la = Image.fromarray(np.stack([np.full((2, 2), 40, np.uint8), np.array([[0, 255], [255, 255]], np.uint8)], -1), "LA")
+    alpha = np.array([[0, 255], [255, 255]], np.uint8)
+    la = Image.fromarray(np.stack([np.full((2, 2), 40, np.uint8), alpha], -1), "LA")
     out = load_image(_png(la))
     assert out[0, 0].tolist() == [255, 255, 255] and out[0, 1].tolist() == [40, 40, 40]
 
@@ -168,8 +176,8 @@ def test_atomic_writes_make_ordinary_files(tmp_path):
     """Outputs get the usual permissions (umask applied), not mkstemp's private 0600."""
     import os
 
-    from quantart_runtime.util.atomic import write_bytes
     from quantart_runtime.images import save_image
+    from quantart_runtime.util.atomic import write_bytes
 
     umask = os.umask(0)
     os.umask(umask)

@@ -110,9 +110,9 @@ def test_check_writable(tmp_path):
 
 
 def test_one_extension_set_and_format_name():
-    from quantart_runtime.cluster import files as cluster_files
+    from quantart_runtime.cluster import storage as cluster_files
     from quantart_runtime.core import INPUT_EXTENSIONS, OUTPUT_FORMATS
-    from quantart_runtime.files import IMAGE_EXTENSIONS, OUTPUT_EXTENSIONS
+    from quantart_runtime.inputs import IMAGE_EXTENSIONS, OUTPUT_EXTENSIONS
 
     assert INPUT_EXTENSIONS == frozenset(IMAGE_EXTENSIONS)
     assert cluster_files.OUTPUT_FORMATS == OUTPUT_FORMATS == ("same", *OUTPUT_EXTENSIONS)

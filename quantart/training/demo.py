@@ -87,7 +87,7 @@ def pack_model(model_dir, out_dir) -> Path:
 
 
 def _images(folder: Path) -> list[Path]:
-    from quantart_runtime.files import IMAGE_EXTENSIONS
+    from quantart_runtime.inputs import IMAGE_EXTENSIONS
 
     paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
     if not paths:

@@ -27,7 +27,7 @@ import numpy as np
 from ..core import OUTPUT_FORMATS, StylizeCore, check_writable, failure_reason
 from ..errors import ModelError
 from ..images import check_min_size, load_image
-from . import files
+from . import storage
 
 log = logging.getLogger(__name__)
 
@@ -95,13 +95,13 @@ class StylizeWorker:
         reasons = [""] * len(sources)
         items = []
         for i, (src, dst) in enumerate(zip(sources, targets)):
-            if files.is_complete(dst):  # a retried batch: its first attempt wrote this one
+            if storage.is_complete(dst):  # a retried batch: its first attempt wrote this one
                 continue
             try:
-                items.append((i, files.read_bytes(src), dst))
+                items.append((i, storage.read_bytes(src), dst))
             except Exception as exc:  # noqa: BLE001 - the error policy: reported for this file
                 status[i], reasons[i] = "failed", f"cannot read: {failure_reason(exc)}"
-        for outcome in self.core.run(items, write=files.write_image, window=self.batch_size or 8):
+        for outcome in self.core.run(items, write=storage.write_image, window=self.batch_size or 8):
             if not outcome.ok:
                 status[outcome.key], reasons[outcome.key] = "failed", outcome.error
         return {"src": np.array(sources, dtype=object), "status": np.array(status, dtype=object),
@@ -154,7 +154,7 @@ def _check_model(model_dir, precision: str) -> int | None:
 
     if os.path.isdir(model_dir):
         return int(load_manifest(model_dir, precision=precision, verify=True)["latent_stride"])
-    if not files.is_uri(model_dir):
+    if not storage.is_uri(model_dir):
         raise ModelError(f"model {model_dir}: no such directory")
     return None
 
@@ -191,30 +191,30 @@ def stylize_dataset(model_dir, style, input, output, *, address: str | None = No
         parse_budget(memory_budget)  # ValueError here, not in every worker
     model_dir = str(model_dir)
     stride = _check_model(model_dir, precision)
-    style_bytes = bytes(style) if isinstance(style, (bytes, bytearray)) else files.read_bytes(style)
+    style_bytes = bytes(style) if isinstance(style, (bytes, bytearray)) else storage.read_bytes(style)
     image = load_image(style_bytes)  # ImageError here, before any worker starts
     if stride:
         check_min_size(image.shape[0], image.shape[1], stride)
-    if not files.is_uri(input) and not files.is_uri(output):
+    if not storage.is_uri(input) and not storage.is_uri(output):
         folder = input if os.path.isdir(input) else os.path.dirname(os.path.abspath(input))
         if os.path.realpath(folder) == os.path.realpath(output):
             raise ValueError(f"output {output} is the input folder; inputs are never overwritten, "
                              f"choose another output folder")
-    if not files.is_uri(output):
+    if not storage.is_uri(output):
         check_writable(output)
     problems: list[tuple[str, str]] = []
-    items = files.list_inputs(input, exclude=output, problems=problems)
-    done_names = files.existing_outputs(output)
-    summary = Summary(failures_file=str(failures_file or files.join(output, FAILURES_NAME)))
+    items = storage.list_inputs(input, exclude=output, problems=problems)
+    done_names = storage.existing_outputs(output)
+    summary = Summary(failures_file=str(failures_file or storage.join(output, FAILURES_NAME)))
     summary.failed += len(problems)
     summary.failures.extend(problems)
     todo = []
     for src, rel in items:
-        out_rel = files.output_name(rel, ext)
+        out_rel = storage.output_name(rel, ext)
         if out_rel in done_names:
             summary.skipped += 1
         else:
-            todo.append({"src": src, "dst": files.join(output, out_rel)})
+            todo.append({"src": src, "dst": storage.join(output, out_rel)})
     if todo:
         _run(todo, summary, model_dir, style_bytes, address=address, num_workers=num_workers,
              gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker, batch_size=batch_size,
@@ -225,7 +225,7 @@ def stylize_dataset(model_dir, style, input, output, *, address: str | None = No
                                  memory_budget=memory_budget,
                                  threads=max(1, int(round(cpus_per_worker))) if cpus_per_worker else None))
     summary.failures.sort()
-    files.write_failures(summary.failures_file, summary.failures)
+    storage.write_failures(summary.failures_file, summary.failures)
     summary.elapsed_s = time.perf_counter() - started
     return summary
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from ..core import INPUT_EXTENSIONS, OUTPUT_FORMATS  # the same inputs and formats as `quantart stylize`
-from ..files import broken_link, output_suffix
 from ..images import save_image
+from ..inputs import broken_link, output_suffix
 from ..util.atomic import write_bytes
 
 __all__ = ["OUTPUT_FORMATS", "list_inputs", "output_name", "existing_outputs", "is_complete", "read_bytes",
