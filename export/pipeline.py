@@ -221,7 +221,10 @@ def export_model(checkpoint, out_dir=None, config=None, precision: str = "fp32",
         written, entries = _export_into(tmp, model, precisions, opset, stride, log)
         from .reference import write_reference_data
 
-        reference_data = write_reference_data(tmp, model, resolutions)  # for `quantart verify`
+        # for `quantart verify`: the verification sizes plus the profile's opt_res (the serving size), since
+        # BF16 token flips that stay under the gate at small sizes can exceed it at the size that is run
+        opt = (profile["opt_res"], profile["opt_res"])
+        reference_data = write_reference_data(tmp, model, resolutions + ([opt] if opt not in resolutions else []))
         verification = None
         if verify:
             from .verify import format_table, verify_graphs

@@ -45,3 +45,23 @@ def test_shipped_demo_model_loads_with_the_demo_architecture():
     assert stride >= 8
     total = sum(p.stat().st_size for p in demo.DEMO_MODEL.iterdir() if p.is_file())
     assert total <= 20 * 2 ** 20
+
+
+def test_demo_augmentation_gives_multi_scale_crops_and_flips():
+    from quantart.data import ImageFolderDataset
+    from quantart.data.images import augment_crop
+
+    ramp = np.tile(np.arange(256, dtype=np.uint8)[None, :, None], (256, 1, 3))
+    image = Image.fromarray(ramp)
+    spans, flips = set(), 0
+    for seed in range(40):
+        out = np.asarray(augment_crop(image, 32, np.random.default_rng(seed), min_scale=0.125, flip=True))
+        assert out.shape == (32, 32, 3)
+        row = out[16, :, 0].astype(int)
+        spans.add(abs(row[-1] - row[0]) // 32)  # horizontal extent of the crop in source pixels / 32
+        flips += row[-1] < row[0]
+    assert len(spans) >= 3 and 5 <= flips <= 35
+    with pytest.raises(ValueError, match="min_scale"):
+        augment_crop(image, 32, np.random.default_rng(0), min_scale=0.0)
+    ds = ImageFolderDataset(demo.ASSETS / "content", 32, min_scale=0.25, flip=True)
+    assert ds[0]["image"].shape == (3, 32, 32)
