@@ -1,6 +1,6 @@
 """quantart_export on the golden tiny Stage 2 checkpoint: fp32 + fp16 graphs against PyTorch.
 
-The export (precision both, verification on, default profile) is the session fixture
+The export (precision both, verification on, default profile but opt_res 64) is the session fixture
 ``tiny_stage2_export`` (conftest.py), shared with the runtime tests.
 """
 from __future__ import annotations
@@ -45,7 +45,7 @@ def test_directory_and_manifest(exported, model):
     assert (m["latent_stride"], m["embed_dim"], m["n_embed"]) == (4, 64, 128)
     assert m["resolution_rule"] == {"multiple_of": 4, "min": 4}
     assert m["opset"] == 18
-    assert m["profile"] == {"min_res": 4, "opt_res": 256, "max_res": 1024, "max_batch": 32}  # the defaults
+    assert m["profile"] == {"min_res": 4, "opt_res": 64, "max_res": 1024, "max_batch": 32}  # as the fixture asked
     assert m["source"] == {"checkpoint": "tiny_stage2.ckpt",
                            "sha256": hashlib.sha256((DATA / "tiny_stage2.ckpt").read_bytes()).hexdigest()}
     assert m["options"]["precision"] == "both" and m["options"]["verify"] is True
