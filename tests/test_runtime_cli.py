@@ -268,7 +268,8 @@ def test_sigint_summary_counts_the_files_written(model_dir, style_file, tmp_path
         (src / f"{i:03d}.png").write_bytes(encode(photo(64, 64, 1 + i % 4)))
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "quantart_runtime", "stylize", "--model", str(model_dir),
-                             "--style", str(style_file), "--style-size", str(STYLE_SIZE), "--batch-size", "2",
+                             "--style", str(style_file), "--backend", "cpu", "--style-size", str(STYLE_SIZE),
+                             "--batch-size", "2",
                              "--no-progress", str(src), "-o", str(out)],
                             stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
