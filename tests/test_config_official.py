@@ -87,7 +87,10 @@ def _write(tmp_path, cfg: dict, name: str = "c.yaml"):
     return path
 
 
-CASES = [(name, res) for name in OFFICIAL for res in ("official", False)] + [("landscape2art", True)]
+# The edit loop (`make test-fast`) keeps one case per use_residual value; `make test` runs every shape.
+_FAST = {("landscape2art", True), ("art2art", False), ("face2art", "official")}
+CASES = [pytest.param(name, res, marks=() if (name, res) in _FAST else pytest.mark.slow)
+         for name, res in [(n, r) for n in OFFICIAL for r in ("official", False)] + [("landscape2art", True)]]
 
 
 @pytest.mark.parametrize("name,use_residual", CASES)
