@@ -20,6 +20,8 @@ def full(tmp_path_factory):
     from quantart.checkpoint import build_model
     from quantart.models.config import official_config
 
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)   # the full-size convolutions use both cores (conftest sets 1 for tiny models)
     torch.manual_seed(0)
     model = build_model(official_config("stage2")).eval()
     # Codebooks at a trained model's scale: the VQGAN init (uniform ±1/1024) makes every code a near tie
@@ -33,7 +35,8 @@ def full(tmp_path_factory):
     from quantart_export import export_model
 
     out = export_model(ckpt, precision="fp32", verify_res=[(64, 64), (64, 96)])
-    return model, ckpt, out
+    yield model, ckpt, out
+    torch.set_num_threads(threads)
 
 
 def test_full_size_exports_and_verifies(full):
