@@ -87,10 +87,7 @@ def _write(tmp_path, cfg: dict, name: str = "c.yaml"):
     return path
 
 
-# The edit loop (`make test-fast`) keeps one case per use_residual value; `make test` runs every shape.
-_FAST = {("landscape2art", True), ("art2art", False), ("face2art", "official")}
-CASES = [pytest.param(name, res, marks=() if (name, res) in _FAST else pytest.mark.slow)
-         for name, res in [(n, r) for n in OFFICIAL for r in ("official", False)] + [("landscape2art", True)]]
+CASES = [(name, res) for name in OFFICIAL for res in ("official", False)] + [("landscape2art", True)]
 
 
 @pytest.mark.parametrize("name,use_residual", CASES)
@@ -121,7 +118,9 @@ def test_training_network_equals_loaded_network_equals_official(name, use_residu
     with torch.no_grad():  # the SGA (the only part the YAML's switches change) on the official latents
         ours = trained.model_x2y(qx, qr)
         torch.testing.assert_close(ours, loaded.model_x2y(qx, qr), rtol=0, atol=0)
-    np.testing.assert_allclose(ours.numpy(), golden["sga_out"], rtol=0, atol=1e-4)
+    # Without the skips (use_residual False) float32 rounding is amplified through the six blocks: the
+    # summation order of 1 vs 2 torch threads alone moves sga_out by up to 2.4e-4 (measured), with skips < 1e-5.
+    np.testing.assert_allclose(ours.numpy(), golden["sga_out"], rtol=0, atol=1e-4 if expected else 1e-3)
 
 
 @pytest.mark.parametrize("use_residual", [True, False])
