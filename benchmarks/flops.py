@@ -16,7 +16,7 @@ def graph_flops(config: dict, resolution: int, style_size: int = 256) -> dict[st
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from quantart.checkpoint import build_model
+    from quantart.models import build_model
 
     with torch.device("meta"):
         model = build_model(config).eval()

@@ -22,8 +22,7 @@ from torch import nn
 from quantart_runtime.util import atomic_dir, one_line
 
 from .arch import ArchitectureError, infer_config, read_official_yaml
-from .models.build import build_model as _build_model
-from .models.build import check_config
+from .models.build import build_model, check_config
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -148,14 +147,6 @@ def load_strict(module: nn.Module, sd: dict, where: str) -> None:
     module.load_state_dict(sd, strict=True)
 
 
-def build_model(config: dict, loss: nn.Module | None = None) -> nn.Module:
-    """A fresh model from a model config (see quantart.models.build_model); CheckpointError if invalid."""
-    try:
-        return _build_model(config, loss=loss)
-    except ArchitectureError as exc:
-        raise CheckpointError(str(exc)) from None
-
-
 def _resolve_config(path: Path, sd: dict, stored: dict | None, config) -> tuple[dict, str]:
     if isinstance(config, dict):
         return check_config(config, "config"), "dict"
@@ -183,7 +174,7 @@ def load_model(path, config=None, trust: bool = False, expect: type | None = Non
     sd, stored = read_checkpoint(path, trust=trust)
     try:
         cfg, source = _resolve_config(path, sd, stored, config)
-        model = _build_model(cfg)
+        model = build_model(cfg)
     except ArchitectureError as exc:
         text = str(exc)
         raise CheckpointError(text if text.startswith(str(path)) or config is not None

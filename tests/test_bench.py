@@ -16,7 +16,8 @@ from click.testing import CliRunner
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
-from quantart.checkpoint import build_model, save_model  # noqa: E402
+from quantart.checkpoint import save_model  # noqa: E402
+from quantart.models import build_model  # noqa: E402
 from quantart_benchmarks import fidelity  # noqa: E402
 from quantart_benchmarks.cli import bench  # noqa: E402
 from quantart_benchmarks.flops import graph_flops, parse_flops  # noqa: E402

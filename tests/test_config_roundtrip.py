@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import quantart
-from quantart.checkpoint import CheckpointError, build_model
-from quantart.models import BaseVQGAN, StyleTransfer
+from quantart.checkpoint import CheckpointError
+from quantart.models import BaseVQGAN, StyleTransfer, build_model
 
 DD = dict(double_z=False, z_channels=8, resolution=16, in_channels=3, out_ch=3, ch=8, ch_mult=[1, 2],
           num_res_blocks=1, attn_resolutions=[8], dropout=0.0)

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def full(tmp_path_factory):
-    from quantart.checkpoint import build_model
+    from quantart.models import build_model
     from quantart.models.config import official_config
 
     threads = torch.get_num_threads()

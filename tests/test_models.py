@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 import quantart
 from quantart.arch import infer_config
-from quantart.checkpoint import CheckpointError, build_model, read_state_dict
+from quantart.checkpoint import CheckpointError, read_state_dict
+from quantart.models import build_model
 
 TOL = 1e-4
 

@@ -62,7 +62,7 @@ def _run(stage: str, opts: dict, data: dict, model: dict | None = None, loss: di
             num_nodes=opts["num_nodes"], accelerator=opts["accelerator"], precision=opts["precision"],
             accumulate=opts["accumulate"], base_lr=opts["base_lr"], every_n_steps=opts["every_n_steps"],
             image_every=opts["image_every"], log_every=opts["log_every"], num_workers=opts["num_workers"],
-            seed=opts["seed"], vgg_weights=opts.get("vgg_weights"))
+            seed=opts["seed"], vgg_weights=opts.get("vgg_weights"), restart_codes=opts.get("restart_codes"))
         result = fit(spec, resume=opts["resume"], progress_bar=not opts["no_progress"])
     except (ConfigError, DataError, VGGWeightsNotFound, CheckpointError) as exc:
         click.echo(f"Error: {exc}", err=True)
@@ -86,6 +86,9 @@ def train():
 @click.option("--perceptual-weight", type=float, help="LPIPS weight (0: no LPIPS, no VGG16 weights needed).")
 @click.option("--vgg-weights", type=click.Path(dir_okay=False),
               help="torchvision VGG16 weights (vgg16-397923af.pth); default $QUANTART_VGG16 or the torch hub cache.")
+@click.option("--restart-dead-codes", "restart_codes", type=click.IntRange(0),
+              help="Every N steps, restart the codes no latent used in those N steps from encoder outputs "
+                   "(ours, against codebook collapse on small data; default 0: off, as the official code).")
 @common
 def stage1(folder, perceptual_weight, **opts):
     """Train a VQGAN (encoder, codebook, decoder) on an image folder.

@@ -10,6 +10,8 @@ A run is described by one plain dict (JSON-able, stored in every checkpoint):
   data             {"train": official dataset spec} or {"folder": DIR} / {"content": DIR, "style": DIR}
   batch_size, size, num_workers, seed, max_steps, every_n_steps, image_every, log_every,
   devices, num_nodes, accelerator, precision, accumulate, out, vgg_weights
+  restart_codes    Stage 1, our addition (0 = official): restart codes unused for that many steps
+                   (quantart.training.codebook)
 """
 from __future__ import annotations
 
@@ -74,7 +76,7 @@ PRESETS = {
 
 COMMON = dict(base_lr=4.5e-6, num_workers=0, seed=0, every_n_steps=1000, image_every=1000, log_every=50,
               devices=1, num_nodes=1, accelerator="auto", precision="32", accumulate=1, out="runs/quantart",
-              vgg_weights=None, keep=2)
+              vgg_weights=None, keep=2, restart_codes=0)
 PRECISIONS = {"32": "32-true", "32-true": "32-true", "16-mixed": "16-mixed", "bf16-mixed": "bf16-mixed"}
 
 
@@ -144,8 +146,8 @@ def validate(spec: dict) -> dict:
     for key in positive:
         if not isinstance(spec.get(key), int) or spec[key] < 1:
             raise ConfigError(f"{key} must be a positive integer, got {spec.get(key)!r}")
-    for key in ("image_every", "num_workers", "seed"):
-        if not isinstance(spec.get(key), int) or spec[key] < 0:
+    for key in ("image_every", "num_workers", "seed", "restart_codes"):
+        if not isinstance(spec.get(key, 0), int) or spec.get(key, 0) < 0:
             raise ConfigError(f"{key} must be a non-negative integer, got {spec.get(key)!r}")
     if str(spec["precision"]) not in PRECISIONS:
         raise ConfigError(f"precision must be one of 32, 16-mixed, bf16-mixed, got {spec['precision']!r}")

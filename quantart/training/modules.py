@@ -116,7 +116,19 @@ class _QuantArtModule(L.LightningModule):
 
 
 class Stage1Module(_QuantArtModule):
-    """Trains a BaseVQGAN whose `loss` is a VQLPIPSWithDiscriminator (official VQModel.training_step)."""
+    """Trains a BaseVQGAN whose `loss` is a VQLPIPSWithDiscriminator (official VQModel.training_step).
+
+    restart_codes: 0 (official) or N, restart the codes unused during the last N steps from encoder
+    outputs (quantart.training.codebook, our addition against codebook collapse on small data).
+    """
+
+    def __init__(self, *args, restart_codes: int = 0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.restart = None
+        if restart_codes and getattr(self.model, "use_quantize", True):
+            from .codebook import DeadCodeRestart
+
+            self.restart = DeadCodeRestart(self.model.quantize, restart_codes)
 
     def training_step(self, batch, batch_idx):
         """One training step on ``batch['image']``: a generator update (reconstruction, codebook,
@@ -126,13 +138,21 @@ class Stage1Module(_QuantArtModule):
         x = batch["image"]
         opt_g, opt_d = self.optimizers()
         step, vq, loss_fn = self.step, self.model, self.model.loss
-        xrec, qloss = vq(x)
+        quant, qloss, info = vq.encode(x)  # = vq(x), keeping the code indices
+        xrec = vq.decode(quant)
         g_loss, log_g = loss_fn(qloss, x, xrec, 0, step, last_layer=vq.get_last_layer(), split="train")
         self._check_finite("generator", g_loss, log_g)
         self._backward(opt_g, g_loss)
         # the official code runs the discriminator pass as a second training_step: fresh forward
         # (after the generator update when not accumulating), no generator gradients
         g_stepped = self._generator_update(opt_g)
+        if self.restart is not None:
+            self.restart.observe(info[2])
+            if g_stepped:
+                done = self.restart.maybe_restart(lambda: vq.quant_conv(vq.encoder(x)), self.trainer.strategy,
+                                                  opt_g.optimizer if hasattr(opt_g, "optimizer") else opt_g)
+                if done:
+                    log_g = {**log_g, **{f"train/{k}": float(v) for k, v in done.items()}}
         with torch.no_grad():
             xrec_d, qloss_d = vq(x)
         d_loss, log_d = loss_fn(qloss_d, x, xrec_d, 1, step, last_layer=None, split="train")

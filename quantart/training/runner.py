@@ -35,14 +35,15 @@ def build_training_model(spec: dict):
     Stage 1: a ``BaseVQGAN`` with ``VQLPIPSWithDiscriminator``; Stage 2: a ``StyleTransfer`` (frozen
     encoder/decoder loaded by the checkpoint layer from ``checkpoint_encoder`` / ``checkpoint_decoder``)
     with ``VQLPIPS_Ref``; the official ``ckpt_path`` (when given) initialises the weights instead.
-    (Not :func:`quantart.checkpoint.build_model`, which builds a bare model from a saved config.)
+    (:func:`quantart.models.build_model` builds the bare network; this adds the objective and weights.)
 
     Args: spec: a run spec (:func:`quantart.training.config.validate`).
     Returns: the ``nn.Module``. Raises: ``ConfigError`` when the Stage 2 latent discriminator's
     ``disc_in_channels`` differs from ``embed_dim``; the loss/checkpoint errors of the constructors.
     """
-    from ..checkpoint import build_model, init_from_checkpoint, load_stage1_weights
+    from ..checkpoint import init_from_checkpoint, load_stage1_weights
     from ..losses import VQLPIPS_Ref, VQLPIPSWithDiscriminator
+    from ..models import build_model
     from .config import model_config
 
     m, cfg = spec["model"], model_config(spec)
@@ -134,7 +135,9 @@ def fit(spec: dict, resume=None, callbacks=(), progress_bar: bool = True) -> Tra
                         persistent_workers=int(spec["num_workers"]) > 0, pin_memory=torch.cuda.is_available())
     module_cls = Stage1Module if spec["stage"] == "stage1" else Stage2Module
     meta = {"spec": json.loads(json.dumps(spec, default=str)), "stage": spec["stage"]}
-    module = module_cls(model, learning_rate(spec), accumulate=spec["accumulate"], batch_sampler=sampler, meta=meta)
+    extra = {"restart_codes": int(spec.get("restart_codes", 0))} if spec["stage"] == "stage1" else {}
+    module = module_cls(model, learning_rate(spec), accumulate=spec["accumulate"], batch_sampler=sampler, meta=meta,
+                        **extra)
     checkpoint = AtomicCheckpoint(out / "checkpoints", spec["every_n_steps"], keep=spec.get("keep", 2))
     world = spec["devices"] * spec["num_nodes"]
     strategy = "ddp_find_unused_parameters_true" if world > 1 else "auto"
