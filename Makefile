@@ -2,7 +2,7 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-EXTRAS := cpu,kernels,train,export,bench,serve,test
+EXTRAS := cpu,int8,kernels,train,export,bench,serve,test
 # CPU torch 2.13.0 lies on this machine's disk; a looser pin would pull a multi-GB CUDA build.
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 

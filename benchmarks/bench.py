@@ -128,6 +128,9 @@ def _peaks(settings: BenchSettings, results: dict) -> dict:
     if any((r.get("info") or {}).get("precision") in ("bf16", "plan") and (r.get("info") or {}).get("device") == "cpu"
            for r in results.values() if r["status"] == "ok"):
         peaks["cpu_bf16"] = measure_peak_flops("cpu", "bf16")   # BF16 rows are judged against BF16 matmul
+    if any((r.get("info") or {}).get("precision") == "int8" and (r.get("info") or {}).get("device") == "cpu"
+           for r in results.values() if r["status"] == "ok"):
+        peaks["cpu_int8"] = measure_peak_flops("cpu", "int8")   # INT8 rows: int8 x int8 -> int32 matmul
     if any(d.startswith("cuda") for d in devices):
         peaks["cuda_fp32"] = measure_peak_flops("cuda", "fp32")
         peaks["cuda_fp16"] = measure_peak_flops("cuda", "fp16")
@@ -141,6 +144,7 @@ def _peak_for(peaks: dict, info: dict) -> float | None:
     precision = info.get("precision", "fp32")
     if device == "cpu":
         key = "cpu_bf16" if precision in ("bf16", "plan") and "cpu_bf16" in peaks else "cpu_fp32"
+        key = "cpu_int8" if precision == "int8" and "cpu_int8" in peaks else key
     else:
         key = f"cuda_{precision}"
     return (peaks.get(key) or {}).get("flops_per_s")

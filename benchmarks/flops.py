@@ -39,36 +39,43 @@ def graph_flops(config: dict, resolution: int, style_size: int = 256) -> dict[st
 
 def measure_peak_flops(device: str = "cpu", dtype: str = "fp32", n: int | None = None,
                        seconds: float = 1.0) -> dict:
-    """Achievable FLOP/s of a large square matmul on `device` (best of repeated timings)."""
+    """Achievable FLOP/s of a large square matmul on `device` (best of repeated timings); ``dtype``
+    fp32, fp16, bf16 or int8 (``torch._int_mm``: int8 x int8 -> int32, operations per second)."""
     import torch
 
-    tdtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(dtype, torch.float32)
+    tdtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "int8": torch.int8}.get(dtype, torch.float32)
     dev = torch.device(device)
     n = n or (2048 if dev.type == "cpu" else 8192)
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False
-    a = torch.randn(n, n, device=dev, dtype=tdtype)
-    b = torch.randn(n, n, device=dev, dtype=tdtype)
+    if dtype == "int8":
+        a = torch.randint(-128, 128, (n, n), device=dev, dtype=tdtype)
+        b = torch.randint(-128, 128, (n, n), device=dev, dtype=tdtype)
+        matmul, label = torch._int_mm, "torch._int_mm"
+    else:
+        a = torch.randn(n, n, device=dev, dtype=tdtype)
+        b = torch.randn(n, n, device=dev, dtype=tdtype)
+        matmul, label = torch.matmul, "torch.matmul"
 
     def sync():
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
 
-    torch.matmul(a, b)
+    matmul(a, b)
     sync()
     best = float("inf")
     deadline = time.perf_counter() + seconds
     reps = 0
     while reps < 3 or time.perf_counter() < deadline:
         t0 = time.perf_counter()
-        torch.matmul(a, b)
+        matmul(a, b)
         sync()
         best = min(best, time.perf_counter() - t0)
         reps += 1
         if reps >= 200:
             break
     return {"device": device, "dtype": dtype, "n": n, "flops_per_s": 2.0 * n**3 / best, "source": "measured",
-            "method": f"best of {reps} {n}x{n} {dtype} torch.matmul"}
+            "method": f"best of {reps} {n}x{n} {dtype} {label}"}
 
 
 def parse_flops(text: str) -> float:

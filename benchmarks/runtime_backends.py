@@ -1,7 +1,8 @@
 """The exported-model backends under test, driven through quantart_runtime (no torch here):
 ONNX Runtime CPU, ONNX Runtime CUDA, ONNX Runtime's TensorRT provider, native TensorRT FP16, and
-OpenVINO on the CPU: FP32, every graph BF16 (forced, not verified) and the verified precision plan
-(``quantart verify``; verified once on this CPU, then cached).
+OpenVINO on the CPU: FP32, every graph BF16 (forced, not verified), the verified precision plan
+(``quantart verify``; verified once on this CPU, then cached) and INT8 (the NNCF INT8 IR that
+``quantart-export --int8-calibration`` stored and gated; graphs without one run FP32).
 
 Same bench interface as torch_backends.TorchBench (see worker.py)."""
 from __future__ import annotations
@@ -23,6 +24,7 @@ RUNTIME_BACKENDS = {
     "openvino-fp32": ("openvino", None, "fp32"),
     "openvino-bf16": ("openvino", None, "bf16"),
     "openvino-plan": ("openvino", None, "plan"),
+    "openvino-int8": ("openvino", None, "int8"),
 }
 
 
@@ -72,6 +74,12 @@ def _openvino_availability(precision: str, manifest: dict | None) -> tuple[bool,
         return False, f"{type(exc).__name__}: {exc}"
     if not ok:
         return False, reason
+    if precision == "int8":
+        graphs = sorted(((manifest or {}).get("int8") or {}).get("graphs") or {})
+        if manifest is not None and not graphs:
+            return False, ("the model directory has no verified INT8 IR "
+                           "(export it with quantart-export --int8-calibration DIR)")
+        return True, ""
     if precision != "fp32":
         from quantart_runtime.backends.openvino import cpu_capabilities, cpu_name
 

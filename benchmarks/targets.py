@@ -126,7 +126,7 @@ def cpu_bf16_targets(backends: dict, torch_run: dict | None) -> list[dict]:
             value, note = _speedup(find_run(ov32, 256, 1, mode), torch_run, "openvino-fp32 and torch-fp32 on CPU")
             out.append(_target(name, thr, "x", value, note if value is None else "", note if value else ""))
         out.append(_target("CPU BF16 targets", None, "", None, f"not judged: {no_bf16}"))
-        return out
+        return out + int8_and_throughput(backends, torch_run)
     rows = (
         ("CPU 256² b1: verified plan (OpenVINO) vs torch eager FP32, style not cached", 2.0, plan, "off",
          "openvino-plan"),
@@ -143,6 +143,7 @@ def cpu_bf16_targets(backends: dict, torch_run: dict | None) -> list[dict]:
     value, note = _graph_ratio(bf16, ort, "decoder", "openvino-bf16 and ort-cpu")
     out.append(_target("CPU 256² b1: OpenVINO BF16 decoder vs ONNX Runtime FP32 decoder", 3.5, "x", value,
                        note if value is None else "", note if value is not None else ""))
+    out.extend(int8_and_throughput(backends, torch_run))
     for label, entry in (("verified plan", plan), ("all-BF16 plan (reported)", bf16)):
         # judged with the 256² rows it belongs to
         fid = ((entry or {}).get("fidelity_vs_torch_fp32") or {}) if find_run(entry, 256, 1, "off") else {}
@@ -150,4 +151,35 @@ def cpu_bf16_targets(backends: dict, torch_run: dict | None) -> list[dict]:
         out.append(_target(f"CPU: OpenVINO {label} PSNR vs torch FP32", threshold, "dB", fid.get("psnr_db"),
                            "needs fidelity of the row",
                            f"tokens {fid['token_agreement_pct']:.2f} %" if fid.get("token_agreement_pct") else ""))
+    return out
+
+
+THROUGHPUT_ROWS = ("ort-cpu", "openvino-fp32", "openvino-bf16", "openvino-plan", "openvino-int8")
+
+
+def int8_and_throughput(backends: dict, torch_run: dict | None) -> list[dict]:
+    """Reported (not judged) CPU rows: OpenVINO INT8 end to end vs torch eager FP32 at 256², batch 1
+    (with its fidelity), and the 512² batch-1 and 256² batch-8 throughput (img/s, style not cached) of
+    every CPU runtime row measured there."""
+    int8 = backends.get("openvino-int8")
+    out = []
+    value, note = _speedup(find_run(int8, 256, 1, "off"), torch_run,
+                           "openvino-int8 and torch-fp32 on CPU at 256², batch 1, style cache off")
+    fid = (int8 or {}).get("fidelity_vs_torch_fp32") or {}
+    if value is not None and fid.get("psnr_db") is not None:
+        note += f"; {fid['psnr_db']:.2f} dB, tokens {fid['token_agreement_pct']:.2f} % vs torch FP32"
+    reason = (int8 or {}).get("reason") or note
+    out.append(_target("CPU 256² b1: OpenVINO INT8 (the model directory's INT8 IR) vs torch eager FP32, not cached",
+                       None, "x", value, reason if value is None else "", note if value is not None else ""))
+    for res, batch in ((512, 1), (256, 8)):
+        rates = {}
+        for name in THROUGHPUT_ROWS:
+            run = find_run(backends.get(name), res, batch, "off")
+            if run is not None:
+                rates[name] = run["e2e"]["images_per_s"]
+        best = max(rates, key=rates.get) if rates else None
+        note = ", ".join(f"{n} {r:.3f}" for n, r in rates.items()) + (f" img/s (best: {best})" if best else "")
+        out.append(_target(f"CPU {res}² b{batch}: throughput, style not cached (best CPU runtime row)", None,
+                           "img/s", rates.get(best) if best else None,
+                           f"needs CPU runtime rows at {res}², batch {batch}", note))
     return out

@@ -176,7 +176,7 @@ def _move_into_place(tmp: Path, out_dir: Path) -> None:
 def export_model(checkpoint, out_dir=None, config=None, precision: str = "fp32", opset: int | None = None,
                  min_res: int | None = None, opt_res: int | None = None, max_res: int | None = None,
                  max_batch: int | None = None, verify: bool = True, force: bool = False, trust: bool = False,
-                 verify_res=None, thresholds: dict | None = None,
+                 verify_res=None, thresholds: dict | None = None, int8_calibration=None,
                  log: Callable[[str], None] | None = None,
                  report: Callable[[str], None] | None = None) -> Path:
     """Export a QuantArt checkpoint (anything quantart.load_model reads) to an ONNX model directory.
@@ -186,6 +186,8 @@ def export_model(checkpoint, out_dir=None, config=None, precision: str = "fp32",
     with PyTorch beyond the thresholds (nothing written). `verify_res`: [(H, W), ...] for the
     verification (default 128x128 and 96x128); `thresholds` overrides verify.DEFAULT_THRESHOLDS keys;
     `log` receives progress lines, `report` the verification table (default: `log`).
+    `int8_calibration`: a directory of images; also write NNCF INT8 OpenVINO IR of the encoders and the
+    decoder calibrated on them, each kept only when it passes the precision gate (``quantart_export.int8``).
     """
     log = log or (lambda _msg: None)
     report = report or log
@@ -215,6 +217,13 @@ def export_model(checkpoint, out_dir=None, config=None, precision: str = "fp32",
     stride = int(model.stride)
     profile = _profile(stride, min_res, opt_res, max_res, max_batch)
     resolutions = _check_resolutions(DEFAULT_RESOLUTIONS if verify_res is None else verify_res, stride)
+    calibration_files = None
+    if int8_calibration is not None:
+        from .int8 import check_int8_setup
+
+        calibration_files = check_int8_setup(int8_calibration, model.config["kind"])
+        if "fp32" not in precisions:
+            raise ExportError("--int8-calibration quantizes the FP32 graphs: use --precision fp32 or both")
 
     tmp = _make_temp_dir(out_dir)
     try:
@@ -246,9 +255,14 @@ def export_model(checkpoint, out_dir=None, config=None, precision: str = "fp32",
 
         options = {"precision": precision, "opset": opset, "verify": verify, "trust_checkpoint": trust,
                    "config": None if config is None or isinstance(config, dict) else str(config),
-                   "verify_res": [f"{h}x{w}" for h, w in resolutions] if verify else None}
+                   "verify_res": [f"{h}x{w}" for h, w in resolutions] if verify else None,
+                   "int8_calibration": None if int8_calibration is None else str(int8_calibration)}
         manifest = build_manifest(model, entries, opset=opset, profile=profile, checkpoint=checkpoint,
                                   options=options, verification=verification, verification_data=reference_data)
+        if calibration_files is not None:
+            from .int8 import build_int8
+
+            manifest["int8"] = build_int8(tmp, manifest, calibration_files, log)
         write_manifest(tmp, manifest)
         _move_into_place(tmp, out_dir)
     except BaseException:

@@ -119,8 +119,9 @@ def _quiet_libraries() -> None:
                                       "verified precision plan on this CPU, else ONNX Runtime CPU FP32; "
                                       "cpu: ONNX Runtime on the CPU.")
 @click.option("--device", type=click.IntRange(min=0), default=0, show_default=True, help="GPU index.")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto", show_default=True,
-              help="auto: fp32, or the verified per-graph plan on OpenVINO; bf16 runs on OpenVINO.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16", "int8"]), default="auto",
+              show_default=True, help="auto: fp32, or the verified per-graph plan on OpenVINO; bf16 and int8 run "
+                                      "on OpenVINO (int8: the model's export-verified INT8 graphs, the rest fp32).")
 @click.option("--verbose", "-v", is_flag=True, help="Say which backend and precision were chosen and why.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Images per graph call (images of equal padded size are batched; never more than the "

@@ -107,8 +107,9 @@ class Stylizer:
         backend: "auto" (TensorRT > ONNX Runtime CUDA > OpenVINO with this model's verified precision
         plan on this CPU > ONNX Runtime CPU FP32; see ``backends.choose_backend``), "onnxruntime",
         "tensorrt" or "openvino". precision: None (auto: fp32, or the verified OpenVINO plan),
-        "fp32", "fp16" or "bf16" (OpenVINO). ``providers`` (ONNX Runtime) and other ``options`` go
-        to the Runner. ``stylizer.backend`` / ``precision`` / ``reason`` say what was chosen and why.
+        "fp32", "fp16", "bf16" or "int8" (OpenVINO; int8: the graphs with export-verified INT8 IR).
+        ``providers`` (ONNX Runtime) and other ``options`` go to the Runner. ``stylizer.backend`` /
+        ``precision`` / ``reason`` say what was chosen and why.
         Raises ``ModelError`` (``BackendError`` for backend problems) with a one-line reason.
         """
         manifest = load_manifest(model_dir, precision=precision if precision in ("fp32", "fp16") else "fp32",

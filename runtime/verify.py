@@ -13,7 +13,12 @@ them through a backend at a precision and judges
 
 Gates: token agreement ≥ 99 %, image PSNR ≥ 30 dB (pooled over the stored resolutions). The result
 is a *precision plan*: the tested precision for every graph that passes, FP32 for the others; when
-the chain fails with that plan, graphs fall back to FP32 (encoders first) until it passes.
+the chain fails with that plan, graphs fall back to FP32 (encoders first) until it passes. For bf16 on
+OpenVINO an encoder that fails is judged again as ``bf16-tail`` (BF16 with its last stage, norm_out /
+conv_out / quant_conv, kept FP32 inside the graph) and kept at that precision when it passes; in the
+chain fallback a BF16 encoder first goes to ``bf16-tail``, then to FP32. Precision
+``int8`` (OpenVINO) judges only the graphs with an INT8 IR in the model directory (``quantart-export
+--int8-calibration``, see ``quantart_export.int8``); the others stay FP32 in its plan.
 
 Plans are cached as JSON per (model manifest sha256, backend, precision, CPU model) in
 ``$XDG_CACHE_HOME/quantart/plans`` (default ``~/.cache/quantart/plans``); ``plan_for`` reads the
@@ -39,6 +44,8 @@ TOKEN_GATE = 0.99
 PSNR_GATE_DB = 30.0
 STAGE2_GRAPHS = ("content_encoder", "style_encoder", "sga", "decoder")
 FALLBACK_ORDER = ("content_encoder", "style_encoder", "sga", "decoder")  # demoted first .. last
+TAIL = "bf16-tail"   # BF16 with the graph's last stage (norm_out, conv_out, quant_conv) kept FP32
+TAIL_GRAPHS = ("content_encoder", "style_encoder")
 _ARRAYS = ("content", "style", "content_latent", "content_indices", "content_codebook", "style_latent",
            "style_indices", "stylized_latent", "indices", "image")
 
@@ -108,10 +115,26 @@ class PlanResult:
 
     def summary(self) -> str:
         """One line: which graphs run at which precision."""
-        low = [g for g, p in self.plan.items() if p != "fp32"]
-        if not low:
-            return f"{self.backend}: every graph fp32"
-        return f"{self.backend}: {', '.join(low)} {self.precision}, the rest fp32"
+        return f"{self.backend}: {plan_label(self.plan)}"
+
+
+def plan_label(plan: dict) -> str:
+    """A plan in words: "decoder bf16, the rest fp32", "content_encoder bf16-tail, decoder bf16, ..."."""
+    groups: dict[str, list[str]] = {}
+    for graph, precision in plan.items():
+        if precision != "fp32":
+            groups.setdefault(precision, []).append(graph)
+    if not groups:
+        return "every graph fp32"
+    order = sorted(groups, key=lambda p: ("bf16", TAIL, "int8").index(p) if p in ("bf16", TAIL, "int8") else 9)
+    text = ", ".join(f"{', '.join(groups[p])} {p}" for p in order)
+    return text + (", the rest fp32" if "fp32" in plan.values() else "")
+
+
+def int8_graphs(manifest: dict) -> dict:
+    """{graph: entry} of the model's INT8 OpenVINO IR (the manifest's ``int8.graphs``; empty if none)."""
+    graphs = (manifest.get("int8") or {}).get("graphs")
+    return dict(graphs) if isinstance(graphs, dict) else {}
 
 
 def load_references(model_dir, manifest: dict) -> list[dict[str, np.ndarray]]:
@@ -189,21 +212,26 @@ def nearest_codes(latent: np.ndarray, codebook: np.ndarray) -> np.ndarray:
     return scores.argmin(axis=1).reshape(n, h, w).astype(np.int64)
 
 
-def judge_graphs(test, refs, precision: str) -> list[Check]:
-    """Per-graph checks of runner ``test``, each graph fed the FP32 reference inputs."""
+def judge_graphs(test, refs, precision: str, graphs=STAGE2_GRAPHS) -> list[Check]:
+    """Per-graph checks of runner ``test`` for ``graphs``, each graph fed the FP32 reference inputs."""
     pools = {g: _Pool() for g in STAGE2_GRAPHS}
     for r in refs:
-        latent = test.infer("content_encoder", {"image": _preprocess(r["content"])})["content_latent"]
-        pools["content_encoder"].tokens(nearest_codes(latent, r["content_codebook"]), r["content_indices"])
-        out = test.infer("style_encoder", {"image": _preprocess(r["style"])})
-        pools["style_encoder"].tokens(out["style_indices"], r["style_indices"])
-        out = test.infer("sga", _sga_feeds(r["content_latent"], r["style_latent"]))
-        pools["sga"].tokens(out["indices"], r["indices"])
-        image = test.infer("decoder", {"latent": r["stylized_latent"]})["image"]
-        pools["decoder"].image(_postprocess(image), r["image"])
+        if "content_encoder" in graphs:
+            latent = test.infer("content_encoder", {"image": _preprocess(r["content"])})["content_latent"]
+            pools["content_encoder"].tokens(nearest_codes(latent, r["content_codebook"]), r["content_indices"])
+        if "style_encoder" in graphs:
+            out = test.infer("style_encoder", {"image": _preprocess(r["style"])})
+            pools["style_encoder"].tokens(out["style_indices"], r["style_indices"])
+        if "sga" in graphs:
+            out = test.infer("sga", _sga_feeds(r["content_latent"], r["style_latent"]))
+            pools["sga"].tokens(out["indices"], r["indices"])
+        if "decoder" in graphs:
+            image = test.infer("decoder", {"latent": r["stylized_latent"]})["image"]
+            pools["decoder"].image(_postprocess(image), r["image"])
     checks = [Check(g, precision, "token agreement", pools[g].agreement(), TOKEN_GATE)
-              for g in ("content_encoder", "style_encoder", "sga")]
-    checks.append(Check("decoder", precision, "image PSNR dB", pools["decoder"].image_psnr(), PSNR_GATE_DB))
+              for g in ("content_encoder", "style_encoder", "sga") if g in graphs]
+    if "decoder" in graphs:
+        checks.append(Check("decoder", precision, "image PSNR dB", pools["decoder"].image_psnr(), PSNR_GATE_DB))
     return checks
 
 
@@ -247,18 +275,31 @@ def verify_model(model_dir, backend: str = "openvino", precision: str = "bf16", 
     result = PlanResult(backend, precision, {g: "fp32" for g in graph_names(manifest)}, cpu=cpu_model(),
                         model_sha256=sha256_file(Path(model_dir) / "manifest.json"))
     per_graph = backend == "openvino"
+    candidates = list(result.plan)
+    if precision == "int8":   # only graphs with a (export-verified) INT8 IR can run INT8
+        candidates = [g for g in candidates if g in int8_graphs(manifest)]
+        if backend != "openvino" or not candidates:
+            raise ModelError(f"model {model_dir}: has no INT8 IR for {backend} "
+                             f"(export it with quantart-export --int8-calibration DIR; openvino only)")
     if precision == "fp32":
         with _runner(backend, model_dir, manifest, "fp32", None, options) as base:
             result.checks = judge_graphs(base, refs, "fp32") + judge_chain(base, refs, "fp32")
         result.reason = "fp32 reference" if all(c.passed for c in result.checks) else "FP32 fails its own gate"
         return result
-    test = _runner(backend, model_dir, manifest, precision, {g: precision for g in result.plan}
+    test = _runner(backend, model_dir, manifest, precision, {g: precision for g in candidates}
                    if per_graph else None, options)
     with test:
-        result.checks = judge_graphs(test, refs, precision)
-    plan = {c.graph: (precision if c.passed else "fp32") for c in result.checks}
+        result.checks = judge_graphs(test, refs, precision, candidates)
+    plan = dict(result.plan)
+    plan.update({c.graph: (precision if c.passed else "fp32") for c in result.checks})
     if not per_graph:
         plan = {g: (precision if all(c.passed for c in result.checks) else "fp32") for g in plan}
+    retry = [g for g in TAIL_GRAPHS if plan[g] == "fp32"] if per_graph and precision == "bf16" else []
+    if retry:   # encoders that flip tokens in BF16: try again with their last stage FP32
+        with _runner(backend, model_dir, manifest, precision, {g: TAIL for g in retry}, options) as tail:
+            tail_checks = judge_graphs(tail, refs, TAIL, retry)
+        result.checks += tail_checks
+        plan.update({c.graph: TAIL for c in tail_checks if c.passed})
     order = [g for g in FALLBACK_ORDER if plan[g] != "fp32"]
     demoted: list[str] = []
     while True:
@@ -273,14 +314,21 @@ def verify_model(model_dir, backend: str = "openvino", precision: str = "bf16", 
         if not per_graph:
             plan = {g: "fp32" for g in plan}
             break
-        demoted.append(order.pop(0))
-        plan[demoted[-1]] = "fp32"
+        graph = order[0]
+        if per_graph and plan[graph] == "bf16" and graph in TAIL_GRAPHS:
+            plan[graph] = TAIL    # first keep its last stage FP32, then the whole graph
+        else:
+            plan[order.pop(0)] = "fp32"
+        demoted.append(f"{graph} to {plan[graph]}")
     result.plan = plan
-    failed = sorted({c.graph for c in result.checks if not c.passed and c.graph != "chain"})
+    failed = sorted({c.graph for c in result.checks if not c.passed and c.graph != "chain" and plan[c.graph] == "fp32"})
+    tails = [g for g in plan if plan[g] == TAIL]
     result.reason = (f"verified {precision}: " + (f"{', '.join(failed)} stay fp32 (below the gate)"
-                                                    if failed else "every graph passes"))
+                                                    if failed else "every judged graph passes"))
+    if tails:
+        result.reason += f"; {', '.join(tails)} {TAIL} (last stage fp32)"
     if demoted:
-        result.reason += f"; {', '.join(demoted)} back to fp32 for the chain"
+        result.reason += f"; for the chain: {', '.join(demoted)}"
     return result
 
 

@@ -17,8 +17,9 @@ import click
 @click.argument("model_dir", type=click.Path(path_type=Path))
 @click.option("--backend", type=click.Choice(["openvino", "onnxruntime", "tensorrt"]), default="openvino",
               show_default=True, help="Backend to judge.")
-@click.option("--precision", type=click.Choice(["bf16", "fp16", "fp32"]), default="bf16", show_default=True,
-              help="Precision to judge per graph (bf16: openvino; fp16: onnxruntime / tensorrt).")
+@click.option("--precision", type=click.Choice(["bf16", "int8", "fp16", "fp32"]), default="bf16", show_default=True,
+              help="Precision to judge per graph (bf16, int8: openvino, int8 only for graphs with an INT8 IR "
+                   "from quantart-export --int8-calibration; fp16: onnxruntime / tensorrt).")
 @click.option("--refresh", is_flag=True, help="Verify again even when a cached plan exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def verify(model_dir, backend, precision, refresh, as_json):

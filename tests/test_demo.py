@@ -65,3 +65,35 @@ def test_demo_augmentation_gives_multi_scale_crops_and_flips():
         augment_crop(image, 32, np.random.default_rng(0), min_scale=0.0)
     ds = ImageFolderDataset(demo.ASSETS / "content", 32, min_scale=0.25, flip=True)
     assert ds[0]["image"].shape == (3, 32, 32)
+
+
+@pytest.mark.slow
+def test_from_scratch_training_chains_both_stage1_phases_and_stage2(tmp_path):
+    """`quantart demo --from-scratch` wiring, one step per run: each Stage 1 run starts from the previous
+    one's weights (the official ckpt_path), Stage 2 takes "final" as content and "art" as art VQGAN, and the
+    result loads as a StyleTransfer."""
+    import torch
+
+    import quantart
+
+    model_dir = demo.train_demo_model(tmp_path, stage1_steps=(1, 1, 1, 1), stage2_steps=1, progress=False)
+    assert isinstance(quantart.load_model(model_dir), quantart.StyleTransfer)
+
+    def spec(name):
+        return torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=False)["quantart"]["spec"]
+
+    last = [str(tmp_path / r[0] / "checkpoints" / "last.ckpt") for r in demo.STAGE1_RUNS]
+    for (name, _, _), previous in zip(demo.STAGE1_RUNS[1:], last):
+        assert spec(name)["model"]["ckpt_path"] == previous
+        assert spec(name)["restart_codes"] == demo.RESTART_CODES
+    assert spec("final")["base_lr"] == demo.FINAL_BASE_LR
+    assert spec("art")["data"]["train"]["params"]["root"] == str(demo.ASSETS / "style")
+    assert spec("stage2")["model"]["checkpoint_encoder"] == last[2]
+    assert spec("stage2")["model"]["checkpoint_decoder"] == last[3]
+
+
+def test_stage1_steps_flag_needs_one_count_per_run():
+    assert demo.parse_steps("5,6,7,8") == (5, 6, 7, 8)
+    for bad in ("5,6", "a,b,c,d", "1,0,1,1"):
+        with pytest.raises(ValueError, match="--stage1-steps needs 4"):
+            demo.parse_steps(bad)

@@ -108,3 +108,24 @@ def test_model_cache_and_batched_requests(model_dir, tmp_path):
     with OpenVINORunner(model_dir, manifest, cache_dir=cache) as again:   # second load reads the cache
         again.infer("decoder", {"latent": feeds["decoder"]["latent"][:1]})
     assert sorted(p.name for p in cache.iterdir()) == entries
+
+
+def test_bf16_tail_keeps_the_encoder_last_stage_fp32(model_dir, tmp_path):
+    from quantart_runtime.backends.openvino import OpenVINORunner, cpu_capabilities
+
+    if "BF16" not in cpu_capabilities():
+        pytest.skip("this CPU reports no BF16 to OpenVINO")
+    manifest, refs = _refs(model_dir)
+    feeds = _feeds(refs[0])
+    plan = {"content_encoder": "bf16-tail", "style_encoder": "bf16"}
+    with OpenVINORunner(model_dir, manifest, plan=plan, cache_dir=tmp_path) as runner:
+        convs = {}
+        for graph in plan:
+            runner.infer(graph, feeds[graph])
+            runtime = runner.compiled[(graph, "LATENCY")].get_runtime_model()
+            convs[graph] = [op.get_rt_info()["runtimePrecision"].astype(str) for op in runtime.get_ordered_ops()
+                            if op.get_rt_info()["layerType"].astype(str) == "Convolution"]
+        assert runner.pinned["content_encoder"] > runner.pinned["style_encoder"]
+    # conv_out and quant_conv (after norm_out) run FP32, the convolutions before them BF16
+    assert convs["content_encoder"][-2:] == ["f32", "f32"] and set(convs["content_encoder"][:-2]) == {"bf16"}
+    assert set(convs["style_encoder"]) == {"bf16"}

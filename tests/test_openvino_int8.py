@@ -173,6 +173,14 @@ def test_bad_calibration_input_is_one_line(tmp_path, data_dir):
     result = CliRunner().invoke(main, [str(data_dir / "tiny_stage1.ckpt"), "--out", str(tmp_path / "s1"),
                                        "--no-verify", "--int8-calibration", str(empty)])
     assert result.exit_code == 2 and "Stage 2" in result.output
+    from PIL import Image
+
+    one = tmp_path / "one"
+    one.mkdir()
+    Image.fromarray(np.full((32, 32, 3), 90, np.uint8)).save(one / "a.png")
+    result = CliRunner().invoke(main, [str(data_dir / "tiny_stage2.ckpt"), "--out", str(tmp_path / "fp16"),
+                                       "--no-verify", "--precision", "fp16", "--int8-calibration", str(one)])
+    assert result.exit_code == 2 and "use --precision fp32 or both" in result.output
 
 
 def test_bench_int8_row_needs_the_ir(model_dir, int8_export):

@@ -250,3 +250,26 @@ def test_cli_official_yaml_and_flags(tmp_path):
     spec = ckpt["quantart"]["spec"]
     assert spec["batch_size"] == 2 and spec["base_lr"] == 1e-5 and spec["loss"]["disc_start"] == 1
     assert ckpt["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(2e-5)
+
+
+
+def test_cli_init_from_starts_from_those_weights(tmp_path):
+    """`--init-from CKPT` is the official ckpt_path: the run starts from those weights, with a fresh step
+    count (not a resume); at learning rate 0 the result is exactly the starting model."""
+    from quantart.models import build_model
+
+    data = _images(tmp_path / "data", 4)
+    torch.manual_seed(3)
+    start = build_model({"kind": "stage1", **preset("stage1", "tiny")["model"]})
+    quantart.save_model(start, tmp_path / "start")
+    r = CliRunner().invoke(train, ["stage1", "--preset", "tiny", "--data", str(data), "--size", "16", "--batch-size",
+                                   "2", "--no-progress", "--accelerator", "cpu", "--base-lr", "0", "--max-steps", "1",
+                                   "--out", str(tmp_path / "o"), "--init-from", str(tmp_path / "start")])
+    assert r.exit_code == 0, r.output
+    ckpt = torch.load(tmp_path / "o" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["quantart"]["step"] == 1 and ckpt["quantart"]["spec"]["model"]["ckpt_path"] == str(tmp_path / "start")
+    for key, value in start.state_dict().items():
+        assert torch.equal(ckpt["state_dict"][key], value), key
+    r = CliRunner().invoke(train, ["stage1", "--preset", "tiny", "--data", str(data), "--no-progress",
+                                   "--out", str(tmp_path / "o2"), "--init-from", str(tmp_path / "missing.ckpt")])
+    assert r.exit_code == 2 and "missing.ckpt: no such checkpoint" in r.output

@@ -67,6 +67,12 @@ def test_bf16_plan_keeps_failing_graphs_fp32_and_is_cached(model_dir, user_cache
     from quantart_runtime.verify import plan_cache_path, plan_for
 
     first = plan_for(model_dir, "openvino", "bf16")
+    plain = {c.graph: c for c in first.checks if c.precision == "bf16"}
+    # encoders failing plain BF16 are judged again with their last stage FP32 (bf16-tail)
+    retried = {c.graph: c for c in first.checks if c.precision == "bf16-tail"}
+    assert set(retried) == {g for g in ("content_encoder", "style_encoder") if not plain[g].passed}
+    for graph, check in retried.items():
+        assert first.plan[graph] == ("bf16-tail" if check.passed else "fp32"), graph
     checks = {c.graph: c for c in first.checks if c.graph != "chain"}
     # every graph judged; the plan follows the judgement graph by graph
     assert set(checks) == {"content_encoder", "style_encoder", "sga", "decoder"}

@@ -89,15 +89,19 @@ def train():
 @click.option("--restart-dead-codes", "restart_codes", type=click.IntRange(0),
               help="Every N steps, restart the codes no latent used in those N steps from encoder outputs "
                    "(ours, against codebook collapse on small data; default 0: off, as the official code).")
+@click.option("--init-from", "init_from", type=click.Path(),
+              help="Start from this checkpoint's weights (the official model.params.ckpt_path; optimizer and step "
+                   "start fresh, unlike --resume).")
 @common
-def stage1(folder, perceptual_weight, **opts):
+def stage1(folder, perceptual_weight, init_from, **opts):
     """Train a VQGAN (encoder, codebook, decoder) on an image folder.
 
     Writes checkpoints to OUT/checkpoints and the model to OUT/model. Exit code 2 on bad input (one
     line on stderr), 3 when a loss becomes NaN/inf.
     """
     loss = {"perceptual_weight": perceptual_weight} if perceptual_weight is not None else None
-    _run("stage1", opts, {"folder": folder} if folder else {}, loss=loss)
+    model = {"ckpt_path": init_from} if init_from else None
+    _run("stage1", opts, {"folder": folder} if folder else {}, model=model, loss=loss)
 
 
 @train.command()

@@ -1,7 +1,8 @@
 """`quantart demo`: the whole pipeline on the sample images, ending with measured results.
 
 Default (the shipped weights, a few minutes on a CPU): the demo model in assets/demo_model (trained by
-`quantart train` with configs/demo_vqgan.yaml and configs/demo_stage2.yaml; assets/demo_model/TRAINING.md
+`quantart train` with configs/demo_vqgan.yaml, configs/demo_vqgan_refine.yaml (the two Stage 1 phases) and
+configs/demo_stage2.yaml; assets/demo_model/TRAINING.md
 records the exact commands) → ONNX export (verified against PyTorch) → every content × style pair stylized
 through the torch-free runtime → per-pair metrics (quantart_runtime.quality: structure SSIM and palette gain)
 and grids. `--from-scratch` first trains Stage 1 and Stage 2 with the same configs (a long CPU job).
@@ -22,25 +23,53 @@ ROOT = Path(__file__).resolve().parents[2]
 ASSETS = ROOT / "assets"
 DEMO_MODEL = ASSETS / "demo_model"
 STAGE1_CONFIG = ROOT / "configs" / "demo_vqgan.yaml"
+REFINE_CONFIG = ROOT / "configs" / "demo_vqgan_refine.yaml"
+ART_CONFIG = ROOT / "configs" / "demo_vqgan_art.yaml"
 STAGE2_CONFIG = ROOT / "configs" / "demo_stage2.yaml"
 SIZE = 128                    # the demo stylizes (and measures) at 128 × 128
 CONTENT_RATIO = 1.0           # discrete–continuous fusion knobs of the demo (see README, "Demo")
 OUTPUT_RATIO = 1.0
-STAGE1_STEPS = 200            # the training lengths of the shipped weights (assets/demo_model/TRAINING.md)
-STAGE2_STEPS = 340
+STAGE1_STEPS = (1000, 400, 200, 300)  # training lengths of the shipped weights (assets/demo_model/TRAINING.md)
+STAGE2_STEPS = 400
+RESTART_CODES = 50            # --restart-dead-codes of every Stage 1 run
+FINAL_BASE_LR = 2.5e-5        # the "final" run: configs/demo_vqgan_refine.yaml at a quarter of its learning rate
 TARGETS = {"structure_ssim": 0.35, "palette_gain": 0.35}  # issue 15
 
 
-def _with_root(spec: dict, **params) -> dict:
-    """The config's data.params.train with its folders made absolute (the YAMLs name repo-relative ones)."""
+def _with_root(spec: dict) -> dict:
+    """The config's data.params.train with its folders (root, content_root, style_root) made absolute: the
+    YAMLs name folders relative to the repository root."""
     train = dict(spec["data"]["train"])
-    train["params"] = {**(train.get("params") or {}), **params}
+    params = dict(train.get("params") or {})
+    for key in ("root", "content_root", "style_root"):
+        if key in params:
+            params[key] = str(ROOT / params[key])
+    train["params"] = params
     return {"train": train}
 
 
-def train_demo_model(out, stage1_steps: int = STAGE1_STEPS, stage2_steps: int = STAGE2_STEPS,
-                     progress: bool = True) -> Path:
-    """Train Stage 1 then Stage 2 on the sample images with the demo configs; returns the Stage 2 model dir.
+# The Stage 1 runs of the demo, in order (assets/demo_model/TRAINING.md): name, config, flag overrides.
+# Each run after the first starts from the previous run's weights (the official ckpt_path); "final" is the
+# content VQGAN and "art" (refined on the artworks only) the art VQGAN of Stage 2.
+STAGE1_RUNS = (("stage1", STAGE1_CONFIG, {}), ("refine", REFINE_CONFIG, {}),
+               ("final", REFINE_CONFIG, {"base_lr": FINAL_BASE_LR}), ("art", ART_CONFIG, {}))
+
+
+def parse_steps(text: str) -> tuple[int, ...]:
+    """``--stage1-steps`` "N1,N2,N3,N4" (one positive count per Stage 1 run) → a tuple; ValueError otherwise."""
+    try:
+        steps = tuple(int(v) for v in str(text).split(","))
+    except ValueError:
+        steps = ()
+    if len(steps) != len(STAGE1_RUNS) or min(steps) < 1:
+        raise ValueError(f"--stage1-steps needs {len(STAGE1_RUNS)} positive step counts "
+                         f"({', '.join(r[0] for r in STAGE1_RUNS)}), got {text!r}")
+    return steps
+
+
+def train_demo_model(out, stage1_steps=STAGE1_STEPS, stage2_steps: int = STAGE2_STEPS, progress: bool = True) -> Path:
+    """Train the Stage 1 runs (STAGE1_RUNS, `stage1_steps` steps each) then Stage 2 on the sample images with
+    the demo configs; returns the Stage 2 model dir.
 
     The same as the commands recorded in assets/demo_model/TRAINING.md, with the run folders under `out`.
     Raises ConfigError / DataError on bad configs or data.
@@ -48,18 +77,19 @@ def train_demo_model(out, stage1_steps: int = STAGE1_STEPS, stage2_steps: int = 
     from .config import apply_overrides, from_yaml
     from .runner import fit
 
-    out = Path(out)
-    s1 = from_yaml("stage1", STAGE1_CONFIG)
-    s1 = apply_overrides(s1, data=_with_root(s1, root=str(ASSETS)), out=str(out / "stage1"), accelerator="cpu",
-                         max_steps=stage1_steps, every_n_steps=max(1, min(500, stage1_steps)), image_every=0)
-    r1 = fit(s1, progress_bar=progress)
+    out, ckpt, ckpts = Path(out), None, {}
+    for (name, config, flags), steps in zip(STAGE1_RUNS, stage1_steps):
+        spec = from_yaml("stage1", config)
+        spec = apply_overrides(spec, data=_with_root(spec), model={"ckpt_path": ckpt} if ckpt else None,
+                               out=str(out / name), accelerator="cpu", max_steps=steps,
+                               every_n_steps=max(1, min(500, steps)), image_every=0, restart_codes=RESTART_CODES,
+                               **flags)
+        ckpt = ckpts[name] = str(fit(spec, progress_bar=progress).last_checkpoint)
     s2 = from_yaml("stage2", STAGE2_CONFIG)
-    ckpt = str(r1.last_checkpoint)
-    s2 = apply_overrides(s2, data=_with_root(s2, content_root=str(ASSETS / "content"),
-                                             style_root=str(ASSETS / "style")),
-                         model={"checkpoint_encoder": ckpt, "checkpoint_decoder": ckpt}, out=str(out / "stage2"),
-                         accelerator="cpu", max_steps=stage2_steps, every_n_steps=max(1, min(500, stage2_steps)),
-                         image_every=0)
+    s2 = apply_overrides(s2, data=_with_root(s2),
+                         model={"checkpoint_encoder": ckpts["final"], "checkpoint_decoder": ckpts["art"]},
+                         out=str(out / "stage2"), accelerator="cpu", max_steps=stage2_steps,
+                         every_n_steps=max(1, min(500, stage2_steps)), image_every=0)
     return fit(s2, progress_bar=progress).model_dir
 
 
@@ -149,7 +179,7 @@ def write_report(rows: list[dict], out) -> dict:
 
 def run_demo(out, model=None, from_scratch: bool = False, content=None, style=None, size: int = SIZE,
              content_ratio: float = CONTENT_RATIO, output_ratio: float = OUTPUT_RATIO,
-             stage1_steps: int = STAGE1_STEPS, stage2_steps: int = STAGE2_STEPS, progress: bool = True,
+             stage1_steps=STAGE1_STEPS, stage2_steps: int = STAGE2_STEPS, progress: bool = True,
              log=print) -> dict:
     """Train (with from_scratch) → export → stylize every pair → metrics and grids; returns `write_report`'s dict.
 
@@ -160,7 +190,8 @@ def run_demo(out, model=None, from_scratch: bool = False, content=None, style=No
 
     out = Path(out)
     if from_scratch:
-        log(f"training Stage 1 ({stage1_steps} steps) and Stage 2 ({stage2_steps} steps) on {ASSETS} ...")
+        runs = ", ".join(f"{r[0]} {n}" for r, n in zip(STAGE1_RUNS, stage1_steps))
+        log(f"training Stage 1 ({runs} steps) and Stage 2 ({stage2_steps} steps) on {ASSETS} ...")
         model = train_demo_model(out / "train", stage1_steps, stage2_steps, progress)
     model = Path(model) if model is not None else DEMO_MODEL
     log(f"exporting {model} -> {out / 'onnx'} (verified against PyTorch)")
@@ -182,7 +213,8 @@ def run_demo(out, model=None, from_scratch: bool = False, content=None, style=No
               help="Side the images are resized to (a multiple of the latent stride).")
 @click.option("--content-ratio", type=click.FloatRange(0, 1), default=CONTENT_RATIO, show_default=True)
 @click.option("--output-ratio", type=click.FloatRange(0, 1), default=OUTPUT_RATIO, show_default=True)
-@click.option("--stage1-steps", type=click.IntRange(1), default=STAGE1_STEPS, show_default=True)
+@click.option("--stage1-steps", default=",".join(map(str, STAGE1_STEPS)), show_default=True,
+              help="Steps of the four Stage 1 runs: stage1, refine, final, art (assets/demo_model/TRAINING.md).")
 @click.option("--stage2-steps", type=click.IntRange(1), default=STAGE2_STEPS, show_default=True)
 @click.option("--no-progress", is_flag=True, help="No training progress bar.")
 def demo(out, model, from_scratch, content, style, size, content_ratio, output_ratio, stage1_steps, stage2_steps,
@@ -203,7 +235,7 @@ def demo(out, model, from_scratch, content, style, size, content_ratio, output_r
     start = time.time()
     try:
         report = run_demo(out, model, from_scratch, content, style, size, content_ratio, output_ratio,
-                          stage1_steps, stage2_steps, progress=not no_progress, log=click.echo)
+                          parse_steps(stage1_steps), stage2_steps, progress=not no_progress, log=click.echo)
     except (ConfigError, DataError, CheckpointError, ExportError, VerificationError, ValueError,
             click.BadParameter) as exc:
         from quantart_runtime.util import one_line

@@ -108,7 +108,7 @@ def _openvino_plan(model_dir, options: dict) -> tuple[Choice | None, str]:
     cls, reason = _availability("openvino")
     if cls is None:
         return None, f"openvino: {reason}"
-    from ..verify import plan_for
+    from ..verify import plan_for, plan_label
     from .openvino import cpu_capabilities
 
     caps = options.get("capabilities")
@@ -121,10 +121,9 @@ def _openvino_plan(model_dir, options: dict) -> tuple[Choice | None, str]:
         from ..util import one_line
 
         return None, f"openvino: {one_line(exc)}"
-    low = [g for g, p in result.plan.items() if p == "bf16"]
-    if not low:
+    if all(p == "fp32" for p in result.plan.values()):
         return None, f"openvino: the verified plan keeps every graph fp32 ({result.reason})"
-    label = f"{', '.join(low)} bf16" + (", the rest fp32" if len(low) < len(result.plan) else "")
+    label = plan_label(result.plan)
     how = "cached plan" if result.cached else "verified now"
     return Choice("openvino", "fp32", label, {**options, "plan": dict(result.plan)},
                   f"openvino on this CPU with the verified plan ({how}: {result.reason})"), ""
@@ -137,15 +136,16 @@ def choose_backend(model_dir, backend: str = "auto", precision: str | None = Non
     Args:
         model_dir: the exported model directory (its verified plan is looked up for OpenVINO).
         backend: "auto" or a key of BACKENDS.
-        precision: None (auto: the fastest verified), "fp32", "fp16" or "bf16" (OpenVINO).
+        precision: None (auto: the fastest verified), "fp32", "fp16", "bf16" or "int8" (OpenVINO;
+            int8 only where the model directory holds export-verified INT8 IR, never chosen by auto).
         device: GPU ordinal. options: runner options (``capabilities`` also steers the BF16 check).
     Returns:
         a ``Choice`` with the reason.
     """
     if backend != "auto":
         select_backend(backend)
-        if precision == "bf16" and backend != "openvino":
-            raise BackendError(f"precision bf16 runs on the openvino backend, not {backend}")
+        if precision in ("bf16", "int8") and backend != "openvino":
+            raise BackendError(f"precision {precision} runs on the openvino backend, not {backend}")
         graph_precision = "fp32" if precision in (None, "bf16") else precision
         label = precision or "fp32"
         opts = dict(options)
@@ -157,6 +157,10 @@ def choose_backend(model_dir, backend: str = "auto", precision: str | None = Non
         plan = {g: "bf16" for g in ("content_encoder", "style_encoder", "sga", "decoder")}
         return Choice("openvino", "fp32", "bf16", {**options, "plan": plan},
                       "precision bf16 asked for: openvino with every graph bf16 (not verified)")
+    if precision == "int8":
+        select_backend("openvino")
+        return Choice("openvino", "int8", "int8", dict(options),
+                      "precision int8 asked for: openvino with the model's export-verified INT8 graphs")
     if precision is not None:
         cls = select_backend("auto")
         return Choice(cls.name, precision, precision, dict(options),

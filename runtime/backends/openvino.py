@@ -15,6 +15,19 @@ precisions of the compiled graph): MVN honours it (GroupNorm statistics run FP32
 distance MatMul (rewritten to FullyConnected by the CPU plugin) still run BF16; TopK always runs FP32.
 Graphs whose tokens still flip in BF16 stay FP32 in the verified plan.
 
+Precision ``bf16-tail`` is BF16 with the graph's last stage also kept FP32: every node downstream of its
+last normalization (``tail_nodes``; in an encoder norm_out, SiLU, conv_out and quant_conv, and in the
+style encoder the nearest code after them). The same pinning keeps those convolutions FP32 (measured:
+their runtime precision is f32). It trades a little speed for the content tokens that a BF16 conv_out /
+quant_conv flips; the verified plan tries it for encoders that fail plain BF16.
+
+Precision ``int8`` reads the INT8 OpenVINO IR that ``quantart-export --int8-calibration DIR`` stored
+and verified (the manifest's ``int8`` section, see ``quantart_export.int8``; both files sha256-checked):
+``precision="int8"`` runs every graph that has one in INT8 and the others (always the SGA +
+nearest-code graph) in FP32; ``plan={"decoder": "int8"}`` asks per graph. A model directory without
+that IR (or a plan naming a graph without it) is a one-line ``BackendError``. The non-quantized layers
+of an INT8 graph run FP32 (``INFERENCE_PRECISION_HINT`` f32).
+
 BF16 only where the CPU reports it in ``OPTIMIZATION_CAPABILITIES``; elsewhere asking for it is a
 one-line ``BackendError``. The capability list can be passed in (``capabilities=[...]``) so that a
 test can play a CPU without BF16.
@@ -35,14 +48,15 @@ import numpy as np
 
 from ..errors import BackendError, ModelError
 from ..manifest import graph_names, graph_path
-from ..util import one_line
-from ..verify import cache_root
+from ..util import one_line, sha256_file
+from ..verify import TAIL, cache_root, int8_graphs
 from .base import Runner
 from .onnxruntime import default_threads
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", TAIL, "int8")
+BF16_PRECISIONS = ("bf16", TAIL)
 HINTS = ("auto", "LATENCY", "THROUGHPUT")
-_OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
+_OV_PRECISION = {"fp32": "f32", "bf16": "bf16", TAIL: "bf16", "int8": "f32"}
 PIN_GROUPS = ("norm", "softmax", "code")
 _CODE_PATH = frozenset({"MatMul", "Multiply", "Subtract", "Add", "Gather", "Reshape", "Transpose", "Squeeze",
                         "Unsqueeze", "Convert", "Concat"})
@@ -77,6 +91,23 @@ def pinned_nodes(model, groups=PIN_GROUPS) -> set[str]:
                 continue
             names.add(dst.get_friendly_name())
             ahead.extend(t.get_node() for o in dst.outputs() for t in o.get_target_inputs())
+    return names
+
+
+def tail_nodes(model, norms: int = 1) -> set[str]:
+    """Friendly names of the nodes downstream of ``model``'s ``norms``-th last normalization (MVN), up
+    to the outputs: with ``norms=1`` an encoder's norm_out, SiLU, conv_out and quant_conv (``TAIL``)."""
+    mvns = [n for n in model.get_ordered_ops() if n.get_type_name() in ("MVN", "GroupNormalization")]
+    if not mvns:
+        return set()
+    names: set[str] = set()
+    todo = [mvns[-min(norms, len(mvns))]]
+    while todo:
+        node = todo.pop()
+        if node.get_friendly_name() in names or node.get_type_name() in ("Result", "Constant", "Parameter"):
+            continue
+        names.add(node.get_friendly_name())
+        todo.extend(t.get_node() for o in node.outputs() for t in o.get_target_inputs())
     return names
 
 
@@ -136,8 +167,9 @@ class OpenVINORunner(Runner):
 
     Args:
         model_dir, manifest, device: as ``Runner``.
-        precision: ``"fp32"`` or ``"bf16"``: the default precision of every graph.
-        plan: {graph: "fp32" | "bf16"}, per-graph precisions overriding ``precision``.
+        precision: ``"fp32"``, ``"bf16"``, ``"bf16-tail"`` or ``"int8"``: the default precision of every
+            graph (``"int8"``: the graphs with a stored INT8 IR, the others FP32).
+        plan: {graph: one of ``PRECISIONS``}, per-graph precisions overriding ``precision``.
         hint: ``"auto"`` (LATENCY for batch 1, THROUGHPUT twins for larger batches), ``"LATENCY"``
             or ``"THROUGHPUT"``.
         cache_dir: OpenVINO's model cache directory (default under the user cache dir; False: none).
@@ -146,8 +178,8 @@ class OpenVINORunner(Runner):
         keep_fp32: node groups kept FP32 inside BF16 graphs, a subset of ``PIN_GROUPS`` (default all).
 
     Raises:
-        TypeError: an unknown option. BackendError: a bad precision / plan / hint, or BF16 asked for
-        on a CPU that does not report it.
+        TypeError: an unknown option. BackendError: a bad precision / plan / hint, INT8 asked for a
+        graph without a stored INT8 IR, or BF16 asked for on a CPU that does not report it.
     """
 
     name = "openvino"
@@ -163,7 +195,13 @@ class OpenVINORunner(Runner):
         if bad:
             raise BackendError(f"openvino: bad precision plan entries {bad} (graphs: {', '.join(names)}; "
                                f"precisions: {', '.join(PRECISIONS)})")
-        self.plan = {g: plan.get(g, precision) for g in names}
+        int8 = int8_graphs(manifest)
+        self.plan = {g: plan.get(g, "fp32" if precision == "int8" and g not in int8 else precision) for g in names}
+        missing = [g for g, p in self.plan.items() if p == "int8" and g not in int8]
+        if missing or (precision == "int8" and not int8):
+            raise BackendError(f"openvino: model {model_dir} has no INT8 IR for "
+                               f"{', '.join(missing) or 'any graph'} (export it with quantart-export "
+                               f"--int8-calibration DIR)")
         self.hint = options.get("hint", "auto")
         if self.hint not in HINTS:
             raise BackendError(f"openvino: hint must be one of {', '.join(HINTS)}, got {self.hint!r}")
@@ -209,7 +247,7 @@ class OpenVINORunner(Runner):
         every graph with its plan precision and the initial hint."""
         import openvino as ov
 
-        if "bf16" in self.plan.values():
+        if set(BF16_PRECISIONS) & set(self.plan.values()):
             caps = [str(c) for c in (self.capabilities if self.capabilities is not None else cpu_capabilities())]
             if "BF16" not in caps:
                 raise BackendError(f"openvino: this CPU ({cpu_name()}) does not report BF16 in "
@@ -226,8 +264,28 @@ class OpenVINORunner(Runner):
         for graph in graph_names(self.manifest):
             self._compile(graph, initial)
 
+    def _int8_model(self, graph: str):
+        """Read ``graph``'s INT8 IR (xml + weights) after checking both files' sha256."""
+        entry = int8_graphs(self.manifest)[graph]
+        paths = []
+        for key, digest in (("file", "sha256"), ("weights", "weights_sha256")):
+            name = str(entry.get(key, ""))
+            path = Path(self.model_dir) / name
+            if not name or Path(name).is_absolute() or ".." in Path(name).parts or not path.is_file():
+                raise ModelError(f"model {self.model_dir}: INT8 file {name!r} of {graph} is missing")
+            if sha256_file(path) != str(entry.get(digest, "")).lower():
+                raise ModelError(f"model {self.model_dir}: {name} does not match its sha256 in manifest.json")
+            paths.append(str(path))
+        try:
+            return self.core.read_model(*paths)
+        except Exception as exc:
+            raise ModelError(f"model {self.model_dir}: openvino cannot read {entry['file']} "
+                             f"({one_line(exc)})") from None
+
     def _model(self, graph: str):
         model = self._models.get(graph)
+        if model is None and self.plan[graph] == "int8":
+            model = self._models[graph] = self._int8_model(graph)
         if model is None:
             path = graph_path(self.model_dir, self.manifest, "fp32", graph)
             try:
@@ -240,8 +298,12 @@ class OpenVINORunner(Runner):
             if listed and sorted(listed) != sorted(names):
                 raise ModelError(f"model {self.model_dir}: {path.name} has outputs {names}, "
                                  f"manifest.json lists {listed}")
-            if self.plan[graph] == "bf16" and self.keep_fp32:
-                names = pinned_nodes(model, self.keep_fp32)
+            names: set[str] = set()
+            if self.plan[graph] in BF16_PRECISIONS and self.keep_fp32:
+                names |= pinned_nodes(model, self.keep_fp32)
+            if self.plan[graph] == TAIL:
+                names |= tail_nodes(model)
+            if names:
                 model = pin_fp32(self.core, model, names)
                 self.pinned[graph] = len(names)
             self._models[graph] = model
