@@ -119,6 +119,17 @@ def test_style_cache_is_lru(model_dir):
     st.close()
 
 
+def test_sessions_do_not_spin_between_graphs(model_dir):
+    """The graphs run one after another, each session with its own intra-op pool: pools must not spin
+    after their run (a spinning pool steals the next graph's cores; +50 % end to end on 2 cores)."""
+    from quantart_runtime import Stylizer
+
+    with Stylizer.load(model_dir, backend="onnxruntime") as st:
+        for graph, session in st.runner.sessions.items():
+            entry = session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+            assert entry == "0", graph
+
+
 def test_bad_content_arrays(stylizer):
     from quantart_runtime import ImageError
 

@@ -158,6 +158,9 @@ class OnnxRuntimeRunner(Runner):
         opts.intra_op_num_threads = int(self.intra_op_threads)
         opts.inter_op_num_threads = int(self.inter_op_threads)
         opts.log_severity_level = 3
+        # The graphs run one after another, each session with its own intra-op pool: a pool that spins
+        # after its run steals the cores the next graph's pool needs (measured: +50 % end to end on 2 cores).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = self._providers(ort)
         sessions = {}
         for graph in graph_names(self.manifest):
