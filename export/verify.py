@@ -3,7 +3,8 @@
 Per resolution and precision, each graph is checked alone (fed PyTorch's inputs) and the chain
 end to end (graphs fed each other's outputs, like the runtime; judged for FP32, reported for FP16):
   FP32: continuous latents max|Δ| ≤ 1e-3 (quantized latents where the tokens agree), token agreement
-        ≥ 99.9 %, image PSNR ≥ 45 dB;
+        ≥ 99.9 % (a differing token that is a near-tie for PyTorch's own latent counts as agreeing:
+        FP32 rounding may break a tie either way; how many were forgiven is reported), image PSNR ≥ 45 dB;
   FP16: token agreement ≥ 99 %, image PSNR ≥ 30 dB (latent max|Δ| reported, not judged).
 """
 from __future__ import annotations
@@ -88,6 +89,30 @@ def agreement(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean(a == b))
 
 
+TIE_REL = 1e-5  # a near-tie: the two codes' squared distances differ by ≤ TIE_REL · (‖z‖² + ‖e‖²)
+
+
+def tie_tolerant_agreement(ours: np.ndarray, ref: np.ndarray, latent: np.ndarray, codebook: np.ndarray,
+                           rel: float = TIE_REL) -> tuple[float, int, float]:
+    """Token agreement that forgives near-ties.
+
+    A token that differs from the reference still agrees when it is a near-tie. For the reference's
+    continuous latent z (``latent``: B, D, h, w), the two codes' squared distances differ by at most
+    ``rel`` · (‖z‖² + ‖e_ref‖²). FP32 rounding, in torch or in ONNX Runtime, may break such a tie either way.
+    ``ours`` / ``ref``: token indices (B, h, w); ``codebook``: (n_codes, D).
+    Returns (agreement 0..1, near-ties forgiven, the largest relative gap among the differing tokens).
+    """
+    same = ours == ref
+    if same.all():
+        return 1.0, 0, 0.0
+    z = latent.transpose(0, 2, 3, 1)[~same].astype(np.float64)
+    e = codebook.astype(np.float64)
+    e_ours, e_ref = e[ours[~same]], e[ref[~same]]
+    gap = np.abs(((z - e_ours) ** 2).sum(1) - ((z - e_ref) ** 2).sum(1)) / ((z ** 2).sum(1) + (e_ref ** 2).sum(1))
+    ties = int((gap <= rel).sum())
+    return float((same.sum() + ties) / same.size), ties, float(gap.max())
+
+
 def max_abs(a: np.ndarray, b: np.ndarray, where: np.ndarray | None = None) -> float:
     """max|a − b|; with `where` (B,h,w), only at those latent positions of (B,D,h,w) tensors."""
     d = np.abs(a.astype(np.float64) - b.astype(np.float64))
@@ -122,8 +147,15 @@ class _Judge:
     def latent(self, graph, ours, ref, where=None, name="latent max|Δ|"):
         self._add(graph, name, max_abs(ours, ref, where), "latent_max_abs", False)
 
-    def tokens(self, graph, ours, ref, name="token agreement", judged=True):
-        self._add(graph, name, agreement(ours, ref), "token_agreement", True, judged)
+    def tokens(self, graph, ours, ref, name="token agreement", judged=True, latent=None, codebook=None):
+        """Token agreement; with the reference's continuous latent and the codebook, FP32 near-ties
+        (``tie_tolerant_agreement``) count as agreeing, and how many were forgiven is reported."""
+        if latent is None or self.precision != "fp32":
+            self._add(graph, name, agreement(ours, ref), "token_agreement", True, judged)
+            return
+        value, ties, _ = tie_tolerant_agreement(ours, ref, latent, codebook)
+        self._add(graph, name, value, "token_agreement", True, judged)
+        self._add(graph, "near-tie tokens forgiven", float(ties), "", True, judged=False)
 
     def image(self, graph, ours, ref, judged=True):
         self._add(graph, "image PSNR dB", psnr_unit(ours, ref, cap=None), "psnr_db", True, judged)
@@ -138,10 +170,11 @@ def _reference_stage2(model, x, ref) -> dict:
     h_x = model.content_latent(x)
     _, _, info_x = model.quantize_enc(h_x)
     quant_ref, _, info_ref = model.encode_real(ref)
-    _, quant_y, _, indices_y = model.stylize_latent(h_x, quant_ref, 1.0, 1.0)
+    quant_x, quant_y, _, indices_y = model.stylize_latent(h_x, quant_ref, 1.0, 1.0)
+    h_y = model.model_x2y(quant_x, quant_ref)  # the SGA output before its nearest code (for near-ties)
     return {"x": x, "ref": ref, "h_x": h_x, "x_tokens": info_x[2].numpy(), "quant_ref": quant_ref,
             "ref_tokens": info_ref[2].numpy(), "quant_y": quant_y, "y_tokens": indices_y.numpy(),
-            "image": model.decode(quant_y).numpy()}
+            "h_y": h_y.numpy(), "image": model.decode(quant_y).numpy()}
 
 
 @torch.no_grad()
@@ -149,14 +182,17 @@ def _compare_stage2(model, r: dict, run: _Sessions, judge: _Judge, end_to_end_ju
     (content_latent,) = run.run("content_encoder", image=r["x"])
     judge.latent("content_encoder", content_latent, r["h_x"].numpy())
     _, _, info = model.quantize_enc(torch.from_numpy(content_latent))
-    judge.tokens("content_encoder", info[2].numpy(), r["x_tokens"], "token agreement (quantize_enc)")
+    codes_x = model.quantize_enc.embedding.weight.numpy()
+    codes_y = model.quantize_dec.embedding.weight.numpy()
+    judge.tokens("content_encoder", info[2].numpy(), r["x_tokens"], "token agreement (quantize_enc)",
+                 latent=r["h_x"].numpy(), codebook=codes_x)
     style_latent, style_tokens = run.run("style_encoder", image=r["ref"])
     judge.tokens("style_encoder", style_tokens, r["ref_tokens"])
     judge.latent("style_encoder", style_latent, r["quant_ref"].numpy(), style_tokens == r["ref_tokens"],
                  "latent max|Δ| (agreeing tokens)")
     stylized, tokens = run.run("sga", content_latent=r["h_x"], style_latent=r["quant_ref"],
                                content_ratio=_ratio(1.0), output_ratio=_ratio(1.0))
-    judge.tokens("sga", tokens, r["y_tokens"])
+    judge.tokens("sga", tokens, r["y_tokens"], latent=r["h_y"], codebook=codes_y)
     judge.latent("sga", stylized, r["quant_y"].numpy(), tokens == r["y_tokens"], "latent max|Δ| (agreeing tokens)")
     (decoded,) = run.run("decoder", latent=r["quant_y"])
     judge.image("decoder", decoded, r["image"])
@@ -164,7 +200,8 @@ def _compare_stage2(model, r: dict, run: _Sessions, judge: _Judge, end_to_end_ju
     e2e_latent, e2e_tokens = run.run("sga", content_latent=content_latent, style_latent=style_latent,
                                      content_ratio=_ratio(1.0), output_ratio=_ratio(1.0))
     (e2e_image,) = run.run("decoder", latent=e2e_latent)
-    judge.tokens("end to end", e2e_tokens, r["y_tokens"], judged=end_to_end_judged)
+    judge.tokens("end to end", e2e_tokens, r["y_tokens"], judged=end_to_end_judged, latent=r["h_y"],
+                 codebook=codes_y)
     judge.image("end to end", e2e_image, r["image"], judged=end_to_end_judged)
 
 

@@ -76,7 +76,7 @@ def test_from_scratch_training_chains_both_stage1_phases_and_stage2(tmp_path):
 
     import quantart
 
-    model_dir = demo.train_demo_model(tmp_path, stage1_steps=(1, 1, 1, 1), stage2_steps=1, progress=False)
+    model_dir = demo.train_demo_model(tmp_path, stage1_steps=(1, 1, 1, 1, 1), stage2_steps=1, progress=False)
     assert isinstance(quantart.load_model(model_dir), quantart.StyleTransfer)
 
     def spec(name):
@@ -86,14 +86,14 @@ def test_from_scratch_training_chains_both_stage1_phases_and_stage2(tmp_path):
     for (name, _, _), previous in zip(demo.STAGE1_RUNS[1:], last):
         assert spec(name)["model"]["ckpt_path"] == previous
         assert spec(name)["restart_codes"] == demo.RESTART_CODES
-    assert spec("final")["base_lr"] == demo.FINAL_BASE_LR
+    assert spec("lowlr")["base_lr"] == demo.LOWLR_BASE_LR
     assert spec("art")["data"]["train"]["params"]["root"] == str(demo.ASSETS / "style")
-    assert spec("stage2")["model"]["checkpoint_encoder"] == last[2]
-    assert spec("stage2")["model"]["checkpoint_decoder"] == last[3]
+    assert spec("stage2")["model"]["checkpoint_encoder"] == last[3]
+    assert spec("stage2")["model"]["checkpoint_decoder"] == last[4]
 
 
 def test_stage1_steps_flag_needs_one_count_per_run():
-    assert demo.parse_steps("5,6,7,8") == (5, 6, 7, 8)
-    for bad in ("5,6", "a,b,c,d", "1,0,1,1"):
-        with pytest.raises(ValueError, match="--stage1-steps needs 4"):
+    assert demo.parse_steps("5,6,7,8,9") == (5, 6, 7, 8, 9)
+    for bad in ("5,6", "a,b,c,d,e", "1,0,1,1,1"):
+        with pytest.raises(ValueError, match="--stage1-steps needs 5"):
             demo.parse_steps(bad)

@@ -199,3 +199,22 @@ def test_golden_official_outputs(sessions, case):
     assert (idx_y == gold["indices_y"]).mean() >= 0.999
     (out,) = run(s["decoder"], latent=quant_y)
     assert psnr_unit(out, gold["output"]) >= 45
+
+
+def test_token_agreement_forgives_only_near_ties():
+    """FP32 rounding may break an exact tie either way: a differing token counts as agreeing only when
+    both codes are (nearly) equally far from the reference's continuous latent."""
+    import numpy as np
+
+    from quantart_export.verify import tie_tolerant_agreement
+
+    codebook = np.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 3.0]], dtype=np.float32)
+    latent = np.zeros((1, 2, 1, 4), dtype=np.float32)       # four positions, all at the origin
+    latent[0, :, 0, 3] = [0.9, 0.0]                          # the last one is clearly nearest code 0
+    ref = np.array([[[0, 0, 0, 0]]])
+    assert tie_tolerant_agreement(ref, ref, latent, codebook)[:2] == (1.0, 0)
+    tie = np.array([[[1, 0, 0, 0]]])                         # codes 0 and 1 are equally far from the origin
+    assert tie_tolerant_agreement(tie, ref, latent, codebook)[:2] == (1.0, 1)
+    wrong = np.array([[[2, 0, 0, 1]]])                       # code 2 (distance 9 vs 1), code 1 at 0.9 (3.61 vs 0.01)
+    value, ties, gap = tie_tolerant_agreement(wrong, ref, latent, codebook)
+    assert (value, ties) == (0.5, 0) and gap > 0.5

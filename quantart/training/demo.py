@@ -24,15 +24,16 @@ ASSETS = ROOT / "assets"
 DEMO_MODEL = ASSETS / "demo_model"
 STAGE1_CONFIG = ROOT / "configs" / "demo_vqgan.yaml"
 REFINE_CONFIG = ROOT / "configs" / "demo_vqgan_refine.yaml"
+FINAL_CONFIG = ROOT / "configs" / "demo_vqgan_final.yaml"
 ART_CONFIG = ROOT / "configs" / "demo_vqgan_art.yaml"
 STAGE2_CONFIG = ROOT / "configs" / "demo_stage2.yaml"
 SIZE = 128                    # the demo stylizes (and measures) at 128 × 128
 CONTENT_RATIO = 1.0           # discrete–continuous fusion knobs of the demo (see README, "Demo")
 OUTPUT_RATIO = 1.0
-STAGE1_STEPS = (1000, 400, 200, 300)  # training lengths of the shipped weights (assets/demo_model/TRAINING.md)
+STAGE1_STEPS = (1000, 400, 200, 100, 100)  # training lengths of the shipped weights (assets/demo_model/TRAINING.md)
 STAGE2_STEPS = 400
 RESTART_CODES = 50            # --restart-dead-codes of every Stage 1 run
-FINAL_BASE_LR = 2.5e-5        # the "final" run: configs/demo_vqgan_refine.yaml at a quarter of its learning rate
+LOWLR_BASE_LR = 2.5e-5        # the "lowlr" run: configs/demo_vqgan_refine.yaml at a quarter of its learning rate
 TARGETS = {"structure_ssim": 0.35, "palette_gain": 0.35}  # issue 15
 
 
@@ -52,11 +53,12 @@ def _with_root(spec: dict) -> dict:
 # Each run after the first starts from the previous run's weights (the official ckpt_path); "final" is the
 # content VQGAN and "art" (refined on the artworks only) the art VQGAN of Stage 2.
 STAGE1_RUNS = (("stage1", STAGE1_CONFIG, {}), ("refine", REFINE_CONFIG, {}),
-               ("final", REFINE_CONFIG, {"base_lr": FINAL_BASE_LR}), ("art", ART_CONFIG, {}))
+               ("lowlr", REFINE_CONFIG, {"base_lr": LOWLR_BASE_LR}), ("final", FINAL_CONFIG, {}),
+               ("art", ART_CONFIG, {}))
 
 
 def parse_steps(text: str) -> tuple[int, ...]:
-    """``--stage1-steps`` "N1,N2,N3,N4" (one positive count per Stage 1 run) → a tuple; ValueError otherwise."""
+    """``--stage1-steps`` "N1,N2,N3,N4,N5" (one positive count per Stage 1 run) → a tuple; ValueError otherwise."""
     try:
         steps = tuple(int(v) for v in str(text).split(","))
     except ValueError:
@@ -214,7 +216,8 @@ def run_demo(out, model=None, from_scratch: bool = False, content=None, style=No
 @click.option("--content-ratio", type=click.FloatRange(0, 1), default=CONTENT_RATIO, show_default=True)
 @click.option("--output-ratio", type=click.FloatRange(0, 1), default=OUTPUT_RATIO, show_default=True)
 @click.option("--stage1-steps", default=",".join(map(str, STAGE1_STEPS)), show_default=True,
-              help="Steps of the four Stage 1 runs: stage1, refine, final, art (assets/demo_model/TRAINING.md).")
+              help="Steps of the five Stage 1 runs: stage1, refine, lowlr, final, art "
+                   "(assets/demo_model/TRAINING.md).")
 @click.option("--stage2-steps", type=click.IntRange(1), default=STAGE2_STEPS, show_default=True)
 @click.option("--no-progress", is_flag=True, help="No training progress bar.")
 def demo(out, model, from_scratch, content, style, size, content_ratio, output_ratio, stage1_steps, stage2_steps,
