@@ -38,6 +38,7 @@ import numpy as np
 
 from .errors import ModelError
 from .manifest import graph_names, load_manifest
+from .memory import Geometry, SizePolicy, resolve_budget
 from .util import psnr_uint8, sha256_bytes, sha256_file, write_json
 
 TOKEN_GATE = 0.99
@@ -165,6 +166,24 @@ def load_references(model_dir, manifest: dict) -> list[dict[str, np.ndarray]]:
     return out
 
 
+def references_within_budget(refs: list, manifest: dict, budget=None) -> tuple[list, list[str]]:
+    """The stored references whose size the memory budget holds (the same policy as requests,
+    ``quantart_runtime.memory``; ``budget`` as ``resolve_budget``), and the sizes left out ("HxW").
+    Raises ``ModelError`` (one line) when the budget holds none of them."""
+    policy = SizePolicy(Geometry.from_manifest(manifest), resolve_budget(budget))
+    kept, skipped = [], []
+    for r in refs:
+        n, h, w = r["content"].shape[:3]
+        if policy.fits(h, w, batch=n):
+            kept.append(r)
+        else:
+            skipped.append(f"{h}x{w}")
+    if not kept:
+        raise ModelError(f"verification needs more memory than the budget of {policy.budget / 2**30:.2f} GiB at "
+                         f"every stored size ({', '.join(skipped)}); raise it with $QUANTART_MEMORY_BUDGET")
+    return kept, skipped
+
+
 def _preprocess(images: np.ndarray) -> np.ndarray:
     x = images.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(127.5) - np.float32(1.0)
     return np.ascontiguousarray(x)
@@ -265,13 +284,23 @@ def _runner(backend: str, model_dir, manifest, precision: str, plan: dict | None
 def verify_model(model_dir, backend: str = "openvino", precision: str = "bf16", **options) -> PlanResult:
     """Judge ``backend`` at ``precision`` on the model's stored references; return the plan.
 
-    ``options`` go to the runner (e.g. ``capabilities``, ``cache_dir``). Raises ``ModelError`` /
-    ``BackendError`` (one line) when the model or backend cannot be used.
+    ``options`` go to the runner (e.g. ``capabilities``, ``cache_dir``), except ``memory_budget``: stored
+    references larger than the memory budget allows are left out (said in the result's reason).
+    Raises ``ModelError`` / ``BackendError`` (one line) when the model or backend cannot be used.
     """
     manifest = load_manifest(model_dir, precision="fp32")
     if manifest["kind"] != "stage2":
         raise ModelError(f"model {model_dir}: precision plans are for Stage 2 models")
-    refs = load_references(model_dir, manifest)
+    refs, skipped = references_within_budget(load_references(model_dir, manifest), manifest,
+                                             options.pop("memory_budget", None))
+    result = _verify(model_dir, manifest, refs, backend, precision, options)
+    if skipped:
+        result.reason += f"; left out the references at {', '.join(skipped)} (over the memory budget)"
+    return result
+
+
+def _verify(model_dir, manifest, refs, backend: str, precision: str, options: dict) -> PlanResult:
+    """verify_model on the references ``refs`` (already within the memory budget)."""
     result = PlanResult(backend, precision, {g: "fp32" for g in graph_names(manifest)}, cpu=cpu_model(),
                         model_sha256=sha256_file(Path(model_dir) / "manifest.json"))
     per_graph = backend == "openvino"

@@ -150,3 +150,37 @@ def test_stylize_verbose_says_what_runs(model_dir, tmp_path):
                                        "--no-progress", "--backend", "cpu"])
     assert result.exit_code == 0, result.output
     assert "backend: onnxruntime, precision: fp32 (backend onnxruntime asked for)" in result.output
+
+
+def test_verification_stays_within_the_memory_budget(model_dir):
+    """The stored references obey the same memory policy as requests: sizes over the budget are left
+    out (and said), and a budget that holds none of them is a one-line error."""
+    from quantart_runtime import ModelError
+    from quantart_runtime.manifest import load_manifest
+    from quantart_runtime.memory import Geometry, SizePolicy
+    from quantart_runtime.verify import load_references, references_within_budget, verify_model
+
+    manifest = load_manifest(model_dir, precision="fp32")
+    refs = load_references(model_dir, manifest)
+    shapes = [r["content"].shape[:3] for r in refs]
+    n, h, w = max(shapes, key=lambda s: s[1] * s[2])
+    assert min(s[1] * s[2] for s in shapes) < h * w  # at least two sizes are stored
+
+    def fits(budget, shape):
+        return SizePolicy(Geometry.from_manifest(manifest), budget).fits(shape[1], shape[2], batch=shape[0])
+
+    lo, hi = 1 << 20, 1 << 40  # bisect: the largest budget at which the largest reference does not fit
+    assert not fits(lo, (n, h, w)) and fits(hi, (n, h, w))
+    while hi - lo > 1 << 10:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if not fits(mid, (n, h, w)) else (lo, mid)
+    kept, skipped = references_within_budget(refs, manifest, lo)
+    assert skipped == [f"{h}x{w}" for s in shapes if s[1:] == (h, w)]
+    assert len(kept) == len(refs) - len(skipped) and all(fits(lo, r["content"].shape[:3]) for r in kept)
+    result = verify_model(model_dir, "onnxruntime", "fp32", memory_budget=lo)
+    assert all(c.passed for c in result.checks) and f"left out the references at {h}x{w}" in result.reason
+    smallest = min(shapes, key=lambda s: s[1] * s[2])
+    assert not fits(1 << 20, smallest)  # 1 MiB, the smallest budget there is, holds none of them
+    with pytest.raises(ModelError, match="more memory than the budget") as info:
+        verify_model(model_dir, "onnxruntime", "fp32", memory_budget=1 << 20)
+    assert "\n" not in str(info.value)
