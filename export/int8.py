@@ -33,15 +33,18 @@ import contextlib
 import json
 import logging
 import sys
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 
+from quantart_runtime.images import preprocess
+from quantart_runtime.inputs import IMAGE_EXTENSIONS
+
+from .manifest import _version
+
 QUANTIZED = ("content_encoder", "style_encoder", "decoder")
 NOT_QUANTIZED = {"sga": "the SGA + nearest-code graph stays FP32 (INT8 distance scores flip near-tied tokens)"}
 MAX_CALIBRATION_IMAGES = 32
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 PRESET = "mixed"
 
 
@@ -72,9 +75,9 @@ def check_int8_setup(calibration_dir, kind: str) -> list[Path]:
     root = Path(calibration_dir)
     if not root.is_dir():
         raise _error(f"--int8-calibration {root}: no such directory")
-    files = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
     if not files:
-        raise _error(f"--int8-calibration {root}: holds no image files ({', '.join(IMAGE_SUFFIXES)})")
+        raise _error(f"--int8-calibration {root}: holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
     return files[:MAX_CALIBRATION_IMAGES]
 
 
@@ -99,11 +102,6 @@ def load_calibration_images(files, size: int) -> np.ndarray:
     return np.stack(out)
 
 
-def _preprocess(images: np.ndarray) -> np.ndarray:
-    x = images.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(127.5) - np.float32(1.0)
-    return np.ascontiguousarray(x)
-
-
 def calibration_samples(core, directory: Path, manifest: dict, images: np.ndarray) -> dict[str, list[dict]]:
     """Per quantized graph, its calibration feeds: the images for the encoders, and for the decoder the
     stylized latents of content i with style i+1 through the exported FP32 graphs (OpenVINO, FP32)."""
@@ -112,7 +110,8 @@ def calibration_samples(core, directory: Path, manifest: dict, images: np.ndarra
         return core.compile_model(core.read_model(str(path)), "CPU",
                                   {"INFERENCE_PRECISION_HINT": "f32", "EXECUTION_MODE_HINT": "ACCURACY"})
 
-    x = [_preprocess(images[i:i + 1]) for i in range(len(images))]
+    stride = int(manifest["latent_stride"])
+    x = [preprocess([image], stride) for image in images]
     content, style, sga = compiled("content_encoder"), compiled("style_encoder"), compiled("sga")
     one = np.array([1.0], dtype=np.float32)
     latents = []
@@ -138,13 +137,6 @@ def quantize_graph(core, onnx_path: Path, samples: list[dict]):
     with contextlib.redirect_stdout(sys.stderr):   # NNCF's progress bars: stdout holds results only
         return nncf.quantize(model, nncf.Dataset(samples), preset=nncf.QuantizationPreset.MIXED,
                              subset_size=len(samples), fast_bias_correction=True, ignored_scope=scope)
-
-
-def _version(dist: str) -> str | None:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
 
 
 def _entry(directory: Path, graph: str, fp32_entry: dict) -> dict:

@@ -24,13 +24,15 @@ class DeadCodeRestart:
         if every < 1:
             raise ValueError(f"restart window must be >= 1 step, got {every}")
         self.quantizer, self.every, self.noise = quantizer, int(every), float(noise)
-        self.usage = torch.zeros(quantizer.n_e, dtype=torch.float64)
+        self.usage = torch.zeros(quantizer.n_e, dtype=torch.int64)
         self.steps = 0
 
     def observe(self, indices: torch.Tensor) -> None:
-        """Add one step's code indices (any shape) to the window's usage counts."""
-        counts = torch.bincount(indices.detach().reshape(-1).cpu(), minlength=self.quantizer.n_e)
-        self.usage += counts.to(self.usage.dtype)
+        """Add one step's code indices (any shape) to the window's usage counts (kept on the indices'
+        device: no host sync per training step)."""
+        if self.usage.device != indices.device:
+            self.usage = self.usage.to(indices.device)
+        self.usage += torch.bincount(indices.detach().reshape(-1), minlength=self.quantizer.n_e)
 
     @torch.no_grad()
     def maybe_restart(self, latents, strategy=None, optimizer=None) -> dict | None:
@@ -48,7 +50,8 @@ class DeadCodeRestart:
         latents = latents()
         usage = self.usage.clone()
         if strategy is not None:
-            usage = strategy.reduce(usage.to(latents.device), reduce_op="sum").cpu()
+            usage = strategy.reduce(usage, reduce_op="sum")
+        usage = usage.cpu()
         dead = torch.nonzero(usage == 0).flatten()
         weight = self.quantizer.embedding.weight
         if len(dead):

@@ -150,7 +150,7 @@ class Stage1Module(_QuantArtModule):
             self.restart.observe(info[2])
             if g_stepped:
                 done = self.restart.maybe_restart(lambda: vq.quant_conv(vq.encoder(x)), self.trainer.strategy,
-                                                  opt_g.optimizer if hasattr(opt_g, "optimizer") else opt_g)
+                                                  opt_g.optimizer)
                 if done:
                     log_g = {**log_g, **{f"train/{k}": float(v) for k, v in done.items()}}
         with torch.no_grad():
