@@ -8,8 +8,8 @@ import importlib
 
 _LAZY = {
     "export_model": "quantart_export.pipeline",
-    "ExportError": "quantart_export.pipeline",
-    "VerificationError": "quantart_export.pipeline",
+    "ExportError": "quantart_export.errors",
+    "VerificationError": "quantart_export.errors",
     "nearest_code": "quantart_export.nearest_code",
 }
 

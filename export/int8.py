@@ -40,6 +40,7 @@ import numpy as np
 from quantart_runtime.images import preprocess
 from quantart_runtime.inputs import IMAGE_EXTENSIONS
 
+from .errors import ExportError
 from .manifest import _version
 
 QUANTIZED = ("content_encoder", "style_encoder", "decoder")
@@ -54,8 +55,6 @@ def int8_file(graph: str) -> str:
 
 
 def _error(message: str):
-    from .pipeline import ExportError
-
     return ExportError(message)
 
 

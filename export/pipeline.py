@@ -8,21 +8,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from .errors import ExportError, VerificationError  # noqa: F401  (public here too)
+
 PRECISION_CHOICES = ("fp32", "fp16", "both")
-
-
-class ExportError(ValueError):
-    """Bad input: missing or unreadable checkpoint, unsupported architecture, bad option, unwritable
-    or existing output. The message is one line (CLI: exit code 2)."""
-
-
-class VerificationError(RuntimeError):
-    """The exported graphs do not match PyTorch within the thresholds (CLI: exit code 1).
-    `checks` holds every result; nothing was written."""
-
-    def __init__(self, message: str, checks: list):
-        super().__init__(message)
-        self.checks = checks
 
 
 def _precisions(precision: str) -> list[str]:
