@@ -17,6 +17,24 @@ def graph_file(name: str, precision: str) -> str:
     return name + GRAPH_SUFFIX[precision]
 
 
+FUSED_SUFFIX = ".ort.onnx"   # ONNX Runtime variant of a graph, attention fused: decoder.ort.onnx, decoder.fp16.ort.onnx
+
+
+def fused_file(graph_file_name: str) -> str:
+    """The file name of the fused-attention ONNX Runtime variant of a graph file (``sga.fp16.onnx`` ->
+    ``sga.fp16.ort.onnx``)."""
+    return graph_file_name.removesuffix(".onnx") + FUSED_SUFFIX
+
+
+def fused_entry(path: Path, attention: int) -> dict:
+    """The ``ort_fused`` field of a graph's manifest entry: its fused-attention variant's file, sha256, op
+    and how many attentions it fused (``quantart_export.attention_fusion``)."""
+    from .attention_fusion import MS_DOMAIN, OP_TYPE
+
+    return {"file": path.name, "sha256": sha256_file(path), "op": f"{MS_DOMAIN}.{OP_TYPE}",
+            "attention": int(attention), "for": "onnxruntime"}
+
+
 def checkpoint_digest(path: Path) -> str:
     """sha256 of a checkpoint file; for a saved model directory, of its model.safetensors."""
     from quantart.checkpoint import WEIGHTS_NAME

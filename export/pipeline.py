@@ -215,7 +215,7 @@ def export_model(checkpoint, out_dir=None, config=None, precision: str = "fp32",
 
     tmp = _make_temp_dir(out_dir)
     try:
-        written, entries = _export_into(tmp, model, precisions, opset, stride, log)
+        written, entries, fused = _export_into(tmp, model, precisions, opset, stride, log)
         from .reference import write_reference_data
 
         # for `quantart verify`: the verification sizes plus the profile's opt_res (the serving size), since
@@ -227,7 +227,7 @@ def export_model(checkpoint, out_dir=None, config=None, precision: str = "fp32",
             from .verify import format_table, verify_graphs
 
             t0 = time.perf_counter()
-            checks = verify_graphs(model, written, resolutions, thresholds)
+            checks = verify_graphs(model, written, resolutions, thresholds, variants={FUSED_LABEL: fused})
             log(f"verified against PyTorch in {time.perf_counter() - t0:.1f} s")
             report(format_table(checks))
             failed = [c for c in checks if not c.passed]
@@ -260,7 +260,13 @@ def export_model(checkpoint, out_dir=None, config=None, precision: str = "fp32",
     return out_dir
 
 
+FUSED_LABEL = "ort fused attention"  # verification rows of the fused-attention graphs: "<graph> [ort fused attention]"
+
+
 def _export_into(tmp: Path, model, precisions, opset: int, stride: int, log):
+    """Export every graph in every precision into ``tmp``; beside each graph that attends, its ONNX Runtime
+    variant with fused attention (``write_fused_variant``). Returns (written {precision: {graph: path}},
+    manifest entries, fused {precision: {graph: path}})."""
     from .graphs import graph_specs
     from .manifest import graph_entry, graph_file
     from .onnx_export import GraphExportError, export_graph
@@ -268,17 +274,42 @@ def _export_into(tmp: Path, model, precisions, opset: int, stride: int, log):
 
     written: dict[str, dict[str, Path]] = {}
     entries: dict[str, dict[str, dict]] = {}
+    fused: dict[str, dict[str, Path]] = {}
     for precision in precisions:
-        written[precision], entries[precision] = {}, {}
+        written[precision], entries[precision], fused[precision] = {}, {}, {}
         for spec in graph_specs(model):
             path = tmp / graph_file(spec.name, precision)
             t0 = time.perf_counter()
             try:
-                export_graph(spec, to_precision(spec.module, precision), path, stride=stride, opset=opset,
-                             precision=precision)
+                proto = export_graph(spec, to_precision(spec.module, precision), path, stride=stride, opset=opset,
+                                     precision=precision)
             except GraphExportError as exc:
                 raise ExportError(f"unsupported architecture: {exc}") from None
             log(f"exported {path.name} in {time.perf_counter() - t0:.1f} s")
             written[precision][spec.name] = path
             entries[precision][spec.name] = graph_entry(spec, precision, path)
-    return written, entries
+            variant = write_fused_variant(proto, path)
+            if variant is not None:
+                entries[precision][spec.name]["ort_fused"] = variant
+                fused[precision][spec.name] = path.parent / variant["file"]
+                log(f"  + {variant['file']} ({variant['attention']} attention(s) as {variant['op']})")
+    return written, entries, fused
+
+
+def write_fused_variant(proto, path: Path) -> dict | None:
+    """Write the ONNX Runtime variant of the graph ``proto`` (saved at ``path``) with every attention fused
+    (``quantart_export.attention_fusion``) as ``<path stem>.ort.onnx``, atomically; returns its manifest
+    entry (``manifest.fused_entry``), or ``None`` when the graph has no attention to fuse (nothing written)."""
+    from quantart_runtime.util import atomic_open
+
+    from .attention_fusion import count_fused, fuse_attention
+    from .manifest import fused_entry, fused_file
+
+    fused = fuse_attention(proto)
+    n = count_fused(fused)
+    if n == 0:
+        return None
+    out = path.parent / fused_file(path.name)
+    with atomic_open(out) as f:
+        f.write(fused.SerializeToString())
+    return fused_entry(out, n)

@@ -136,12 +136,14 @@ class _Sessions:
 
 
 class _Judge:
-    def __init__(self, precision: str, resolution: str, thresholds: dict):
+    def __init__(self, precision: str, resolution: str, thresholds: dict, variant: str = ""):
         self.precision, self.resolution, self.t = precision, resolution, thresholds
+        self.variant = variant   # a graph variant (e.g. fused attention): its rows read "<graph> [variant]"
         self.checks: list[Check] = []
 
     def _add(self, graph, metric, value, key, higher, judged=True):
         threshold = self.t.get(f"{self.precision}_{key}") if judged else None
+        graph = f"{graph} [{self.variant}]" if self.variant else graph
         self.checks.append(Check(self.precision, self.resolution, graph, metric, value, threshold, higher))
 
     def latent(self, graph, ours, ref, where=None, name="latent max|Δ|"):
@@ -223,24 +225,33 @@ def _compare_stage1(model, r: dict, run: _Sessions, judge: _Judge, end_to_end_ju
 
 
 def verify_graphs(model, files: dict[str, dict[str, Path]], resolutions=DEFAULT_RESOLUTIONS,
-                  thresholds: dict | None = None, samples_dir: Path = SAMPLES_DIR) -> list[Check]:
+                  thresholds: dict | None = None, samples_dir: Path = SAMPLES_DIR,
+                  variants: dict[str, dict[str, dict[str, Path]]] | None = None) -> list[Check]:
     """Run the checks for every precision in `files` ({precision: {graph: path}}) at every resolution.
 
     Each graph is judged fed PyTorch FP32's inputs. The end-to-end chain (graphs fed each other's
     outputs) is judged for FP32; for FP16 it is reported only: FP16 rounding flips a few near-tie
     content tokens and SGA's attention spreads every flip over the image, so the chain measures how
     chaotic the model is (extreme for random weights) rather than the export.
+
+    `variants` ({label: {precision: {graph: path}}}, e.g. the fused-attention ONNX Runtime graphs): each
+    replaces those graphs of `files` and is judged the same way, with the same thresholds (its rows'
+    graph reads "<graph> [label]"); graphs it lacks run as in `files`.
     """
     thresholds = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
     stage2 = model.config["kind"] == "stage2"
     reference, compare = (_reference_stage2, _compare_stage2) if stage2 else (_reference_stage1, _compare_stage1)
-    sessions = {precision: _Sessions(graphs) for precision, graphs in files.items()}
+    sets = [(precision, "", graphs) for precision, graphs in files.items()]
+    for label, by_precision in (variants or {}).items():
+        sets += [(precision, label, {**files[precision], **graphs})
+                 for precision, graphs in by_precision.items() if graphs and precision in files]
+    sessions = [(precision, label, _Sessions(graphs)) for precision, label, graphs in sets]
     checks: list[Check] = []
     for height, width in resolutions:
         x, ref = sample_images(height, width, samples_dir)
         r = reference(model, x, ref)
-        for precision, run in sessions.items():
-            judge = _Judge(precision, f"{height}x{width}", thresholds)
+        for precision, label, run in sessions:
+            judge = _Judge(precision, f"{height}x{width}", thresholds, label)
             compare(model, r, run, judge, end_to_end_judged=precision == "fp32")
             checks.extend(judge.checks)
     return checks

@@ -15,6 +15,13 @@ cross-attention). ``ATTN_BYTES_PER_SCORE = 12``: three fp32 copies of the score 
 Runtime CPU (peak RSS over the loaded model: 62 MB at 96², 179 MB at 128², 812 MB at 192² against
 predicted 68 / 208 / 1035 MB), so the estimate is an upper bound.
 
+**Fused attention** (``Geometry.fused_attention``: the runner runs every attention as ONNX Runtime's
+``com.microsoft.MultiHeadAttention``, the ``ort_fused`` graphs of the manifest; ``Runner.linear_attention``)
+keeps no score matrix: flash attention holds one L2-sized block of scores per thread. The attention term
+is then linear, ``FUSED_ATTN_TENSORS * 4 * C * (T_q + T_k)`` (the block's q / k / v, their (B, T, C)
+copies and the output), and the activations bound the size. Measured the same way (fused graphs): see
+``FUSED_ATTN_TENSORS``.
+
 The **budget** is a byte count: ``--memory-budget`` / ``QUANTART_MEMORY_BUDGET`` (``"6G"``, ``"512M"``,
 a plain byte count, or a fraction ``"0.3"`` of the available memory); default ``DEFAULT_FRACTION`` of
 the memory available now (``MemAvailable``, the cgroup limit, and ``RLIMIT_AS`` headroom: the least).
@@ -32,6 +39,7 @@ from .errors import ModelError
 BUDGET_ENV = "QUANTART_MEMORY_BUDGET"
 DEFAULT_FRACTION = 0.5
 ATTN_BYTES_PER_SCORE = 12       # three live fp32 copies of each attention score
+FUSED_ATTN_TENSORS = 3          # fused attention: fp32 (C, T) tensors per query + key token (q/k/v, copies, out)
 CONV_TENSORS = 6                # live activations of one level (block input, norm, conv, skip, ...)
 IO_BYTES_PER_PIXEL = 3 * (4 + 4 + 1 + 1) + 4  # float input + output, uint8 in/out, padding copy
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -54,6 +62,20 @@ class Geometry:
     levels: tuple[Level, ...]
     sga_blocks: int = 0
     sga_self_attention: bool = True
+    fused_attention: bool = False   # attention runs fused, in memory linear in the tokens (not in the manifest)
+
+    def with_fused_attention(self, fused: bool = True) -> "Geometry":
+        """This geometry with attention fused (``True``: a runner with ``linear_attention``) or not."""
+        from dataclasses import replace
+
+        return replace(self, fused_attention=bool(fused))
+
+    def attention_bytes(self, channels: int, q_tokens: float, k_tokens: float) -> float:
+        """Working memory of one attention beyond the level's activations: the score matrices, or with
+        fused attention the linear term (module docstring)."""
+        if self.fused_attention:
+            return FUSED_ATTN_TENSORS * 4 * channels * (q_tokens + k_tokens)
+        return ATTN_BYTES_PER_SCORE * q_tokens * k_tokens
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
@@ -112,13 +134,13 @@ class Geometry:
             tokens = pixels / (lv.stride * lv.stride)
             here = CONV_TENSORS * 4 * lv.channels * tokens
             if lv.attention:
-                here += ATTN_BYTES_PER_SCORE * tokens * tokens
+                here += self.attention_bytes(lv.channels, tokens, tokens)
             worst = max(worst, here)
         if style_tokens is not None and self.sga_blocks:
             latent = pixels / (self.latent_stride ** 2)
             keys = max(latent if self.sga_self_attention else 0, style_tokens)
             worst = max(worst, CONV_TENSORS * 4 * self.embed_dim * latent
-                        + ATTN_BYTES_PER_SCORE * latent * keys)
+                        + self.attention_bytes(self.embed_dim, latent, keys))
         return int(batch * (worst + IO_BYTES_PER_PIXEL * pixels))
 
     def tokens(self, height: int, width: int) -> int:

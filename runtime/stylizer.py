@@ -87,8 +87,9 @@ class Stylizer:
         profile = manifest.get("profile") or {}
         self.max_batch = int(profile.get("max_batch") or 32)
         self.max_res = profile.get("max_res")
-        # the one size policy (quantart_runtime.memory): peak working memory within a budget
-        self.size_policy = SizePolicy(Geometry.from_manifest(manifest), resolve_budget())
+        # the one size policy (quantart_runtime.memory); attention is linear-memory on fused-attention runners
+        geometry = Geometry.from_manifest(manifest).with_fused_attention(getattr(runner, "linear_attention", False))
+        self.size_policy = SizePolicy(geometry, resolve_budget())
         self.graph_calls: Counter = Counter()
         self.precision = getattr(runner, "precision", "fp32")   # what runs (load() may say a plan)
         self.reason = ""                                          # why load() chose this backend

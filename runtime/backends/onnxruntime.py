@@ -5,21 +5,29 @@ ORT_ENABLE_ALL; intra-op threads = the physical cores this process may use (CPU 
 quota). Providers: ``providers=None`` uses CUDA (with IO binding, outputs copied back once) when
 onnxruntime-gpu is installed and a GPU is visible, else the CPU provider; pass e.g.
 ``providers=["CPUExecutionProvider"]`` to force one.
+
+Fused attention: where the manifest lists a graph's ONNX Runtime variant (``ort_fused``: every attention
+as one ``com.microsoft.MultiHeadAttention``, memory linear in the tokens; verified at export like every
+graph), the runner runs it on the CPU and CUDA providers (``fused_attention=None``, the default);
+``fused_attention=False`` runs the standard graphs, ``True`` requires the variants. ``runner.fused_graphs``
+names the variant files in use and ``runner.linear_attention`` says whether every attention runs fused.
 """
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
 from ..errors import BackendError, ModelError
-from ..manifest import graph_names, graph_path
+from ..manifest import graph_names, graph_path, sha256_file, verified_digests
 from ..util import one_line
 from .base import Runner
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
+FUSED_PROVIDERS = (CPU, CUDA)   # the providers with a com.microsoft.MultiHeadAttention kernel
 
 
 def _cgroup_cpus() -> float | None:
@@ -100,6 +108,8 @@ class OnnxRuntimeRunner(Runner):
         providers: execution providers to use (None: CUDA when usable, else CPU).
         intra_op_threads: threads per operator (None: ``default_threads()``).
         inter_op_threads: threads across operators (1: sequential execution).
+        fused_attention: None (default): run each graph's fused-attention variant where the manifest lists
+            one and the first provider is CPU or CUDA; False: the standard graphs; True: require them.
 
     Native values are ``onnxruntime.OrtValue`` on the session's device ("cpu" or "cuda"):
     ``infer(..., host_outputs=False)`` binds outputs on that device and returns them, and OrtValue
@@ -109,7 +119,7 @@ class OnnxRuntimeRunner(Runner):
     """
 
     name = "onnxruntime"
-    OPTIONS = frozenset({"providers", "intra_op_threads", "inter_op_threads"})
+    OPTIONS = frozenset({"providers", "intra_op_threads", "inter_op_threads", "fused_attention"})
     DEVICE_VALUES = True
 
     def __init__(self, model_dir, manifest: dict, precision: str = "fp32", device: int = 0, **options):
@@ -117,6 +127,9 @@ class OnnxRuntimeRunner(Runner):
         self.requested_providers = options.get("providers")
         self.intra_op_threads = options.get("intra_op_threads") or default_threads()
         self.inter_op_threads = options.get("inter_op_threads") or 1
+        self.fused_attention = options.get("fused_attention")
+        self.fused_graphs: dict[str, str] = {}     # graph -> the fused-attention file it runs
+        self.linear_attention = False              # every attending graph runs fused
         self.sessions: dict = {}
         self.output_names: dict = {}
         self.providers: list = []
@@ -163,20 +176,60 @@ class OnnxRuntimeRunner(Runner):
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = self._providers(ort)
         sessions = {}
+        fused = {}
         for graph in graph_names(self.manifest):
-            path = graph_path(self.model_dir, self.manifest, self.precision, graph)
+            path = self._fused_path(graph, providers)
+            if path is None:
+                path = graph_path(self.model_dir, self.manifest, self.precision, graph)
+            else:
+                fused[graph] = path.name
             try:
                 sessions[graph] = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
             except Exception as exc:
                 raise ModelError(f"model {self.model_dir}: onnxruntime cannot load {path.name} "
                                  f"({one_line(exc)})") from None
             self._check_io(graph, sessions[graph])
+        if self.fused_attention is True and not fused:
+            raise ModelError(f"model {self.model_dir}: manifest lists no fused-attention graphs for "
+                             f"{self.precision} (re-export with this quantart-export)")
         self.sessions = sessions
+        self.fused_graphs = fused
+        listed = [g for g in graph_names(self.manifest)
+                  if isinstance(self.manifest["graphs"][self.precision][g].get("ort_fused"), dict)]
+        self.linear_attention = bool(listed) and all(g in fused for g in listed)
         self.output_names = {g: [o.name for o in s.get_outputs()] for g, s in sessions.items()}
         first = next(iter(sessions.values()))
         self.providers = first.get_providers()
         self.use_iobinding = self.providers[0] == CUDA
         self.device_type = "cuda" if self.use_iobinding else "cpu"
+
+    def _fused_path(self, graph: str, providers: list):
+        """The fused-attention variant of ``graph`` to run (sha256-checked when the manifest was verified),
+        or None for the standard graph (``fused_attention`` option, provider, or no variant listed)."""
+        entry = self.manifest["graphs"][self.precision][graph].get("ort_fused")
+        required = self.fused_attention is True
+        if self.fused_attention is False:
+            return None
+        if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
+            return None   # no attention in this graph (or an export from before the variants)
+        first = providers[0] if isinstance(providers[0], str) else providers[0][0]
+        if first not in FUSED_PROVIDERS:
+            if required:
+                raise BackendError(f"fused attention (com.microsoft.MultiHeadAttention) runs on "
+                                   f"{' or '.join(FUSED_PROVIDERS)}, not {first}")
+            return None
+        name = entry["file"]
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise ModelError(f"model {self.model_dir}: graph file {name!r} must be a plain name inside the directory")
+        path = Path(self.model_dir) / name
+        if not path.is_file():
+            if required:
+                raise ModelError(f"model {self.model_dir}: fused-attention graph {name} is missing")
+            return None
+        if verified_digests(self.manifest) and sha256_file(path) != str(entry.get("sha256", "")).lower():
+            raise ModelError(f"model {self.model_dir}: {name} does not match its sha256 in manifest.json "
+                             f"(corrupt or modified file; re-export the model)")
+        return path
 
     def _check_io(self, graph: str, session) -> None:
         entry = self.manifest["graphs"][self.precision][graph]
