@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -43,6 +43,22 @@ class BenchSettings:
     graph_breakdown: bool = True
     worker_timeout_s: float | None = None
     report_name: str = "bench"
+    resolution_rows: str = "auto"        # "auto" | "on" | "off" (see split_sizes)
+    naive_tile: int = 512
+
+
+def split_sizes(sizes, max_res: int | None, rows: str = "auto") -> tuple[list[int], list[tuple[int, int]]]:
+    """--resolutions -> (square sides for the backend matrix, (W, H) sizes for the resolution rows).
+
+    ``sizes``: ints (N x N) or (W, H) pairs. The matrix takes the squares up to the model's ``max_res`` (all
+    squares when it has none); the rows take every size with ``rows="on"``, none with ``"off"``, and with
+    ``"auto"`` every size when one of them is above ``max_res`` or not square.
+    """
+    pairs = [(s, s) if isinstance(s, int) else (int(s[0]), int(s[1])) for s in sizes]
+    matrix = sorted({w for w, h in pairs if w == h and (not max_res or w <= max_res)})
+    large = any(w != h or (max_res and max(w, h) > max_res) for w, h in pairs)
+    wanted = rows == "on" or (rows == "auto" and large)
+    return matrix, (pairs if wanted else [])
 
 
 def load_model_manifest(model_dir) -> dict:
@@ -208,6 +224,10 @@ def run_benchmark(settings: BenchSettings, log: Callable[[str], None] = lambda m
     if unknown:
         raise BenchError(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(ALL_BACKENDS)}")
     manifest = load_model_manifest(settings.model_dir)
+    matrix_sizes, row_sizes = split_sizes(settings.resolutions, (manifest.get("profile") or {}).get("max_res"),
+                                          settings.resolution_rows)
+    requested = settings.resolutions
+    settings = replace(settings, resolutions=matrix_sizes)
     checkpoint, ckpt_note = resolve_checkpoint(settings.model_dir, manifest, settings.checkpoint)
     out_dir = Path(settings.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -220,7 +240,9 @@ def run_benchmark(settings: BenchSettings, log: Callable[[str], None] = lambda m
            "settings": {**asdict(settings), "style_size": STYLE_SIZE},
            "hardware": hardware.hardware_info(), "software": hardware.software_info(),
            "load_average": {"start": hardware.load_average(), "end": None},
-           "flops": {}, "peaks": {}, "backends": {}, "targets": [], "notes": [], "files": {}}
+           "flops": {}, "peaks": {}, "backends": {}, "targets": [], "notes": [], "files": {},
+           "resolution_rows": None}
+    rep["settings"]["requested_sizes"] = [list(s) if not isinstance(s, int) else [s, s] for s in requested]
     if checkpoint is None:
         rep["notes"].append(f"no torch checkpoint ({ckpt_note}): torch backends, fidelity and FLOPs are skipped")
     if rep["model"]["checkpoint_matches_manifest"] is False:
@@ -242,7 +264,9 @@ def run_benchmark(settings: BenchSettings, log: Callable[[str], None] = lambda m
                 "style_cache": settings.style_cache, "warmup": settings.warmup, "iters": settings.iters,
                 "assets": settings.assets, "graph_breakdown": settings.graph_breakdown}
         results, ref_file = {}, None
-        order = sorted(settings.backends, key=ALL_BACKENDS.index)
+        order = sorted(settings.backends, key=ALL_BACKENDS.index) if matrix_sizes else []
+        if not matrix_sizes:
+            rep["notes"].append("no square size up to the model's max_res: the backend matrix did not run")
         ok_torch, torch_reason = availability("torch-fp32", checkpoint, manifest)
         if "torch-fp32" not in order and ok_torch:
             log("torch-fp32 reference (fidelity only)")
@@ -272,6 +296,12 @@ def run_benchmark(settings: BenchSettings, log: Callable[[str], None] = lambda m
                 entry["fidelity_vs_torch_fp32"] = None
                 entry.setdefault("errors", []).append(
                     "fidelity: no torch FP32 reference" + ("" if ok_torch else f" ({torch_reason})"))
+        if row_sizes:
+            from .resolution_rows import measure_rows
+
+            rep["resolution_rows"] = {"sizes": [list(wh) for wh in row_sizes], "naive_tile": settings.naive_tile,
+                                      "rows": measure_rows(settings.model_dir, row_sizes, work, settings.naive_tile,
+                                                           timeout_s=settings.worker_timeout_s, log=log)}
     rep["backends"] = results
     rep["peaks"] = _peaks(settings, results)
     for entry in results.values():

@@ -23,6 +23,19 @@ def _ints(text: str, what: str) -> list[int]:
     return sorted(set(values))
 
 
+def _sizes(text: str) -> list[tuple[int, int]]:
+    """--resolutions: comma-separated N (N x N) or WxH (width x height), e.g. "1024,2048,4032x3024"."""
+    from .resolution_rows import parse_size
+
+    try:
+        values = [parse_size(v) for v in str(text).split(",") if v.strip()]
+    except ValueError as exc:
+        raise BenchUsageError(f"--resolutions must be comma-separated sizes N or WxH: {exc}") from None
+    if not values:
+        raise BenchUsageError(f"--resolutions must list at least one size, got {text!r}")
+    return sorted(set(values), key=lambda wh: (wh[0] * wh[1], wh))
+
+
 def _backends(text: str) -> list[str]:
     if text.strip() == "all":
         return list(ALL_BACKENDS)
@@ -41,7 +54,16 @@ def _backends(text: str) -> list[str]:
                    "(default: manifest.json's source checkpoint).")
 @click.option("--backends", default="all", show_default=True,
               help=f"Comma-separated: {', '.join(ALL_BACKENDS)}, or 'all'.")
-@click.option("--resolutions", default="256,512", show_default=True, help="Square content sizes.")
+@click.option("--resolutions", default="256,512", show_default=True,
+              help="Content sizes: N (N x N) or WxH, comma-separated. Squares up to the model's max_res run "
+                   "the backend matrix; larger or non-square sizes get the resolution rows (untiled vs "
+                   "streaming vs naive tiles).")
+@click.option("--resolution-rows", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+              help="Rows per size with time, peak RSS, temp disk and fidelity vs untiled, for untiled, the "
+                   "streaming executor and diffusers-style naive tiles (auto: when a size is above max_res or "
+                   "not square).")
+@click.option("--naive-tile", type=click.IntRange(min=1), default=512, show_default=True,
+              help="Tile side (px) of the naive tiling row.")
 @click.option("--batch-sizes", default="1,8,32", show_default=True)
 @click.option("--style-cache", type=click.Choice(["on", "off", "both"]), default="both", show_default=True,
               help="off: every batch encodes its style; on: the style is encoded once and reused.")
@@ -55,8 +77,8 @@ def _backends(text: str) -> list[str]:
 @click.option("--out", "out_dir", default="bench_results", show_default=True, type=click.Path(),
               help="Report directory (NAME.json, NAME.md, NAME_*.png).")
 @click.option("--name", "stem", default="bench", show_default=True, help="File name stem of the report.")
-def bench(model_dir, checkpoint, backends, resolutions, batch_sizes, style_cache, warmup, iters, peak_flops,
-          no_breakdown, out_dir, stem):
+def bench(model_dir, checkpoint, backends, resolutions, resolution_rows, naive_tile, batch_sizes, style_cache,
+          warmup, iters, peak_flops, no_breakdown, out_dir, stem):
     """Benchmark every available backend: latency, throughput, memory, fidelity, roofline.
 
     Each backend runs in its own process (its peak memory is its own). Backends that cannot run here
@@ -72,7 +94,8 @@ def bench(model_dir, checkpoint, backends, resolutions, batch_sizes, style_cache
                                   f"got {peak_flops!r}") from None
     settings = BenchSettings(
         model_dir=model_dir, out_dir=out_dir, checkpoint=checkpoint, backends=_backends(backends),
-        resolutions=_ints(resolutions, "resolutions"), batch_sizes=_ints(batch_sizes, "batch-sizes"),
+        resolutions=_sizes(resolutions), resolution_rows=resolution_rows, naive_tile=naive_tile,
+        batch_sizes=_ints(batch_sizes, "batch-sizes"),
         style_cache=["off", "on"] if style_cache == "both" else [style_cache], warmup=warmup, iters=iters,
         peak_flops=peak, graph_breakdown=not no_breakdown, report_name=stem)
     try:

@@ -21,7 +21,9 @@ def throughput_plot(report: dict, path) -> None:
     import matplotlib.pyplot as plt
 
     resolutions = report["settings"]["resolutions"]
-    fig, axes = plt.subplots(1, len(resolutions), figsize=(5.5 * len(resolutions), 4), squeeze=False)
+    fig, axes = plt.subplots(1, max(1, len(resolutions)), figsize=(5.5 * max(1, len(resolutions)), 4), squeeze=False)
+    if not resolutions:   # only resolution rows (large images) were measured
+        axes[0][0].text(0.5, 0.5, "no backend matrix sizes", ha="center", va="center")
     for ax, res in zip(axes[0], resolutions):
         for name in BACKEND_ORDER:
             entry = report["backends"].get(name)

@@ -150,6 +150,15 @@ def markdown(report: dict) -> str:
            *_breakdown_table(report), "",
            "## FLOPs per graph (GFLOP, batch 1, torch.utils.flop_counter)", "", *_flops_table(report), "",
            "## Achieved GFLOP/s per graph (p50; % of the device peak)", "", *_roofline_table(report), ""]
+    rows = report.get("resolution_rows")
+    if rows:
+        from .resolution_rows import markdown_rows
+
+        out += ["## Large images: untiled vs streaming vs naive tiles", "",
+                "ONNX Runtime (the default backend), batch 1, each mode in its own process; peak RSS over the "
+                "loaded model; fidelity against the untiled result where untiled fits the memory budget; naive: "
+                f"diffusers-style tiled encoder/decoder ({rows['naive_tile']} px tiles, 25 % overlap, blended), "
+                "the SGA on the whole latent.", "", *markdown_rows(rows["rows"]), ""]
     plots = report.get("files", {}).get("plots", {})
     if plots:
         out += ["## Plots", ""] + [f"![{k}]({v})" for k, v in plots.items()] + [""]

@@ -78,3 +78,13 @@ def to_uint8(y: np.ndarray) -> list[np.ndarray]:
     """NCHW float in [-1, 1] (not clamped) → list of HWC uint8."""
     y = np.clip(np.rint((np.asarray(y, dtype=np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
     return [np.ascontiguousarray(im.transpose(1, 2, 0)) for im in y]
+
+
+def photo(path: Path, width: int, height: int) -> np.ndarray:
+    """The image at ``path`` resized (bicubic) to cover width × height and centre-cropped: HWC uint8."""
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        scale = max(width / im.width, height / im.height)
+        im = im.resize((max(width, round(im.width * scale)), max(height, round(im.height * scale))), Image.BICUBIC)
+        left, top = (im.width - width) // 2, (im.height - height) // 2
+        return np.asarray(im.crop((left, top, left + width, top + height)), dtype=np.uint8).copy()
