@@ -136,6 +136,7 @@ class _Match:
     output_channels_first: bool  # bmm2's output is (B, C, Tq) (AttnBlock) or (B, Tq, C)
     scale: float
     removed: list
+    scale_node: object = None    # the Mul / Div that scales the scores (None: scale 1)
 
 
 def _match(g: _Graph, softmax) -> _Match:
@@ -153,8 +154,9 @@ def _match(g: _Graph, softmax) -> _Match:
         g.only_consumer(node.output[0], "Softmax")
         removed.append(node)
         node = g.producer.get(node.input[0])
-    scale = 1.0
+    scale, scale_node = 1.0, None
     if node is not None and node.op_type in ("Mul", "Div"):
+        scale_node = node
         g.only_consumer(node.output[0])
         consts = [g.constant(i) for i in node.input]
         if node.op_type == "Mul" and consts[1] is not None:
@@ -214,7 +216,7 @@ def _match(g: _Graph, softmax) -> _Match:
     if g.rank(value) != 3 or g.dtype(value) != attn_dtype:
         raise _Skip("V is not 3-D or not of the attention dtype")
     removed.append(bmm2)
-    return _Match(softmax, bmm1, query, key_t, value, value_cf, bmm2, out_cf, scale, removed)
+    return _Match(softmax, bmm1, query, key_t, value, value_cf, bmm2, out_cf, scale, removed, scale_node)
 
 
 def _rewrite(g: _Graph, m: _Match, index: int, taken: set) -> list:
@@ -309,3 +311,49 @@ def fuse_attention(model):
 def count_fused(model) -> int:
     """How many ``com.microsoft.MultiHeadAttention`` nodes ``model`` holds."""
     return sum(1 for n in model.graph.node if n.op_type == OP_TYPE and n.domain == MS_DOMAIN)
+
+
+def scale_query_first(model):
+    """``model`` (not modified) with each attention's score scale moved onto Q before the first MatMul:
+    ``Softmax(MatMul(Q, Kt) * s)`` becomes ``Softmax(MatMul(Q * s, Kt))``, the form NVIDIA documents for
+    TensorRT's attention fusion from primitive layers (the scale on Q or K before the first BMM). The same
+    result up to rounding; attentions without a scale, or that do not match, are left as they are."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = _Graph(out)
+    dtypes = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16,
+              onnx.TensorProto.DOUBLE: np.float64}
+    taken = {n.name for n in out.graph.node} | set(g.producer) | set(g.inits)
+    inserts, drop = {}, set()
+    for k, node in enumerate([n for n in out.graph.node if n.op_type == "Softmax"]):
+        try:
+            m = _match(g, node)
+        except _Skip:
+            continue
+        if m.scale_node is None or g.dtype(m.query) not in dtypes:
+            continue
+        const, scaled = f"attention_{k}_query_scale", f"attention_{k}_query_scaled"
+        while const in taken or scaled in taken:
+            const, scaled = const + "_", scaled + "_"
+        taken |= {const, scaled}
+        out.graph.initializer.append(numpy_helper.from_array(np.array(m.scale, dtype=dtypes[g.dtype(m.query)]), const))
+        inserts[id(m.bmm1)] = helper.make_node("Mul", [m.query, const], [scaled], name=f"{scaled}_mul")
+        m.bmm1.input[0] = scaled
+        user = g.only_consumer(m.scale_node.output[0])
+        for i, name in enumerate(user.input):
+            if name == m.scale_node.output[0]:
+                user.input[i] = m.bmm1.output[0]
+        drop.add(id(m.scale_node))
+    nodes = []
+    for node in out.graph.node:
+        if id(node) in drop:
+            continue
+        if id(node) in inserts:
+            nodes.append(inserts[id(node)])
+        nodes.append(node)
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    return out

@@ -12,18 +12,20 @@ largest level of the largest graph):
 with ``T = H*W / stride**2`` the level's tokens, ``T_k`` the key tokens (the style latent for SGA
 cross-attention). ``ATTN_BYTES_PER_SCORE = 12``: three fp32 copies of the score matrix are live
 (scaled scores, softmax, its input to the second matmul); measured on the tiny test model with ONNX
-Runtime CPU (peak RSS over the loaded model: 62 MB at 96², 179 MB at 128², 812 MB at 192² against
-predicted 68 / 208 / 1035 MB), so the estimate is an upper bound.
+Runtime CPU (peak RSS over the loaded model: 33 / 80 / 370 / 1124 MB at 96² / 128² / 192² / 256² against
+predicted 64 / 199 / 987 / 3098 MB with the runner's shared CPU arena; 59 / 171 / 774 MB with one arena per
+session, before it), so the estimate is an upper bound.
 
 **Fused attention** (``Geometry.fused_attention``: the runner runs every attention as ONNX Runtime's
 ``com.microsoft.MultiHeadAttention``, the ``ort_fused`` graphs of the manifest; ``Runner.linear_attention``)
 keeps no score matrix: flash attention holds one L2-sized block of scores per thread. The attention term
 is then linear, ``FUSED_ATTN_TENSORS * 4 * C * (T_q + T_k)`` (the block's q / k / v, their (B, T, C)
-copies and the output), and the activations bound the size. With nothing quadratic to dominate, what ONNX
-Runtime's per-session memory arenas keep shows: each graph's arena stays at its own peak after its run,
-so a content request counts the encoder's and the decoder's worst levels both (``FUSED_ARENAS``) plus the
-SGA. Measured the same way (tiny test model, fused graphs, peak RSS over the loaded model): 24 / 36 / 96 MB
-at 96² / 128² / 192² against 28 / 50 / 112 MB estimated (standard graphs, same run: 59 / 172 / 774 MB).
+copies and the output), and the activations bound the size. Their count, never binding while score
+matrices dominated, measures within a few percent of the tiny model's full-resolution level, so the fused
+estimate carries ``FUSED_MARGIN``. Measured the same way (tiny test model, fused graphs, the ONNX Runtime
+runner's shared CPU arena; peak RSS over the loaded model): 12 / 19 / 58 / 86 / 235 / 347 MB at
+96² / 128² / 192² / 256² / 384² / 512² against 17 / 31 / 69 / 122 / 275 / 488 MB estimated
+(benchmarks/results/attention_memory_tiny.md; the standard graphs at 384² and up fail under a 2 GiB limit).
 
 The **budget** is a byte count: ``--memory-budget`` / ``QUANTART_MEMORY_BUDGET`` (``"6G"``, ``"512M"``,
 a plain byte count, or a fraction ``"0.3"`` of the available memory); default ``DEFAULT_FRACTION`` of
@@ -43,7 +45,7 @@ BUDGET_ENV = "QUANTART_MEMORY_BUDGET"
 DEFAULT_FRACTION = 0.5
 ATTN_BYTES_PER_SCORE = 12       # three live fp32 copies of each attention score
 FUSED_ATTN_TENSORS = 3          # fused attention: fp32 (C, T) tensors per query + key token (q/k/v, copies, out)
-FUSED_ARENAS = 2                # fused: the content encoder's and the decoder's memory arenas both stay at their peak
+FUSED_MARGIN = 1.25             # fused: the activation counts, no longer covered by a score matrix, plus 25 %
 CONV_TENSORS = 6                # live activations of one level (block input, norm, conv, skip, ...)
 IO_BYTES_PER_PIXEL = 3 * (4 + 4 + 1 + 1) + 4  # float input + output, uint8 in/out, padding copy
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -145,10 +147,9 @@ class Geometry:
             latent = pixels / (self.latent_stride ** 2)
             keys = max(latent if self.sga_self_attention else 0, style_tokens)
             sga = CONV_TENSORS * 4 * self.embed_dim * latent + self.attention_bytes(self.embed_dim, latent, keys)
-        if self.fused_attention:   # no score matrix hides it: every graph's arena keeps its own peak
-            worst = (FUSED_ARENAS * worst if style_tokens is not None else worst) + sga
-        else:
-            worst = max(worst, sga)
+        worst = max(worst, sga)
+        if self.fused_attention:   # activation-bound now, and those counts are tight (module docstring)
+            worst *= FUSED_MARGIN
         return int(batch * (worst + IO_BYTES_PER_PIXEL * pixels))
 
     def tokens(self, height: int, width: int) -> int:

@@ -99,7 +99,8 @@ _UNDER_LIMIT = textwrap.dedent("""
     from quantart_runtime.memory import _vm_size
 
     model, headroom = sys.argv[1], int(sys.argv[2])
-    st = Stylizer.load(model, backend="onnxruntime", providers=["CPUExecutionProvider"], intra_op_threads=1)
+    st = Stylizer.load(model, backend="onnxruntime", providers=["CPUExecutionProvider"], intra_op_threads=1,
+                       fused_attention=False)   # the standard estimate (fused: test_attention_fusion.py)
     limit = _vm_size() + headroom
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))     # the host "cannot hold" more than this
     st.set_memory_budget(None)                                 # the default budget, seen from here: half
