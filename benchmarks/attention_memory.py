@@ -24,6 +24,7 @@ _CHILD = textwrap.dedent("""
     import numpy as np
     from quantart_runtime import Stylizer
     from quantart_runtime.memory import _vm_size
+    from quantart_runtime.util import one_line
 
     model, size, style_size, fused, threads, headroom = sys.argv[1:7]
     size, style_size, threads, headroom = int(size), int(style_size), int(threads), int(headroom)
@@ -47,7 +48,7 @@ _CHILD = textwrap.dedent("""
         st.stylize(content, code)
         out["status"] = "ok"
     except Exception as exc:   # an allocation refused under the limit
-        out["status"], out["error"] = "failed", str(exc).splitlines()[0][:200]
+        out["status"], out["error"] = "failed", one_line(exc)[:200]
     out["seconds"] = time.perf_counter() - t0
     out["peak_over_loaded_mb"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base) / 2**20
     print(json.dumps(out))
@@ -79,6 +80,7 @@ def table(rows: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
+    """The command line (module docstring); returns the exit code."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True)
     ap.add_argument("--sizes", default="96,128,192,256")
@@ -89,6 +91,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="JSON file for the rows (and a .md beside it)")
     args = ap.parse_args(argv)
     from quantart_runtime.memory import parse_budget
+    from quantart_runtime.util.atomic import write_text
 
     headroom = 0 if args.rlimit_headroom in ("0", "") else parse_budget(args.rlimit_headroom)
     rows = []
@@ -101,9 +104,21 @@ def main(argv=None) -> int:
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"model": str(args.model), "style_size": args.style_size,
-                                   "threads": args.threads, "rlimit_headroom": headroom, "rows": rows}, indent=1))
-        out.with_suffix(".md").write_text(md + "\n")
+        write_text(out, json.dumps({"model": str(args.model), "style_size": args.style_size,
+                                    "threads": args.threads, "rlimit_headroom": headroom, "rows": rows}, indent=1))
+        from datetime import datetime, timezone
+
+        import onnxruntime
+
+        command = " ".join(argv if argv is not None else sys.argv[1:])
+        day = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+        header = (f"# Peak memory of one stylization vs the estimate: fused vs standard attention\n\n"
+                  f"`python -m quantart_benchmarks.attention_memory {command}`"
+                  f" ({day}; ONNX Runtime {onnxruntime.__version__} CPU, {args.threads} "
+                  f"intra-op thread(s), the runner's shared CPU arena; style {args.style_size}²; each row a fresh "
+                  f"process{f' under RLIMIT_AS = its mapped size + {headroom / 2**30:g} GiB' if headroom else ''}; "
+                  f"failed = the allocation refused under the limit; timings are indicative on a shared machine).\n\n")
+        write_text(out.with_suffix(".md"), header + md + "\n")
     return 0
 
 

@@ -19,6 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from quantart_runtime.util import atomic_open
+from quantart_runtime.util.atomic import write_text
+
 from .naive_tiling import fidelity, naive_tiled_stylize, tile_geometry
 from .samples import ASSETS
 
@@ -98,13 +101,15 @@ def make_picture(model_dir, content_path, style_path, size: int, tile: int, out:
         step = g["step_latent"] * st.stride
         grid = list(range(step, im.padded_size(size, size, st.stride)[0], step))
     out.parent.mkdir(parents=True, exist_ok=True)
-    options = {"quality": 92} if out.suffix.lower() in (".jpg", ".jpeg") else {}
-    compose(panels, grid, grid_panel=1).save(out, **options)
-    out.with_suffix(".json").write_text(json.dumps(record, indent=1))
+    options = {"format": "JPEG", "quality": 92} if out.suffix.lower() in (".jpg", ".jpeg") else {"format": "PNG"}
+    with atomic_open(out) as f:
+        compose(panels, grid, grid_panel=1).save(f, **options)
+    write_text(out.with_suffix(".json"), json.dumps(record, indent=1) + "\n")
     return record
 
 
 def main(argv=None) -> int:
+    """The command line (module docstring); returns the exit code."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True)
     ap.add_argument("--content", default=str(ASSETS / "content" / "1.jpg"))

@@ -292,7 +292,7 @@ def _export_into(tmp: Path, model, precisions, opset: int, stride: int, log):
             if variant is not None:
                 entries[precision][spec.name]["ort_fused"] = variant
                 fused[precision][spec.name] = path.parent / variant["file"]
-                log(f"  + {variant['file']} ({variant['attention']} attention(s) as {variant['op']})")
+                log(f"exported {variant['file']} ({variant['attention']} attention(s) fused as {variant['op']})")
     return written, entries, fused
 
 

@@ -192,6 +192,7 @@ _MEASURE = textwrap.dedent("""
     import numpy as np
     from quantart_runtime import Stylizer
     from quantart_runtime.memory import _vm_size
+    from quantart_runtime.util import one_line
 
     model, side, fused, headroom = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "fused", int(sys.argv[4])
     st = Stylizer.load(model, backend="onnxruntime", providers=["CPUExecutionProvider"], intra_op_threads=1,
@@ -207,7 +208,7 @@ _MEASURE = textwrap.dedent("""
         out = st.stylize(rng.integers(0, 256, (side, side, 3), dtype=np.uint8), code)
         status = "ok" if out.shape == (side, side, 3) else "wrong shape"
     except Exception as exc:
-        status = "failed: " + str(exc).splitlines()[0][:200]
+        status = "failed: " + one_line(exc)[:200]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
     print(json.dumps({"status": status, "peak": peak, "estimate": estimate}))
 """)

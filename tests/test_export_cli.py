@@ -93,7 +93,8 @@ def test_force_replaces_an_existing_dir_with_the_verified_export(tiny_stage1_cli
     assert "image PSNR dB" in result.stdout and "FAIL" not in result.stdout  # the verification table
     assert all(line.startswith(("exported ", "verified ", "wrote ")) for line in result.stderr.strip().splitlines())
     assert sorted(p.name for p in out.iterdir()) == [  # keep.txt is gone: the directory was replaced whole
-        "decoder.fp16.onnx", "decoder.onnx", "encoder.fp16.onnx", "encoder.onnx", "manifest.json"]
+        "decoder.fp16.onnx", "decoder.fp16.ort.onnx", "decoder.onnx", "decoder.ort.onnx", "encoder.fp16.onnx",
+        "encoder.fp16.ort.onnx", "encoder.onnx", "encoder.ort.onnx", "manifest.json"]
     m = manifest(out)
     assert m["kind"] == "stage1" and m["verification"]["passed"] and m["options"]["precision"] == "both"
     assert sorted(p.name for p in out.parent.iterdir()) == [out.name]  # no temporary directory left

@@ -28,7 +28,8 @@ def exported(tiny_stage1_export):
 
 def test_stage1_directory_and_manifest(exported):
     assert sorted(p.name for p in exported.iterdir()) == sorted(
-        ["manifest.json", "encoder.onnx", "decoder.onnx", "encoder.fp16.onnx", "decoder.fp16.onnx"])
+        ["manifest.json", "encoder.onnx", "decoder.onnx", "encoder.fp16.onnx", "decoder.fp16.onnx",
+         "encoder.ort.onnx", "decoder.ort.onnx", "encoder.fp16.ort.onnx", "decoder.fp16.ort.onnx"])
     m = manifest(exported)
     assert m["kind"] == "stage1" and m["latent_stride"] == 4 and m["n_embed"] == 128
     assert m["profile"] == {"min_res": 4, "opt_res": 64, "max_res": 512, "max_batch": 8}  # as the fixture asked

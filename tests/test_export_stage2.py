@@ -39,7 +39,9 @@ def sessions(exported):
 def test_directory_and_manifest(exported, model):
     names = sorted(p.name for p in exported.iterdir())
     assert names == sorted(["manifest.json", "verification"]  # verification/: reference data (export/reference.py)
-                           + [g + ".onnx" for g in GRAPHS] + [g + ".fp16.onnx" for g in GRAPHS])
+                           + [g + ".onnx" for g in GRAPHS] + [g + ".fp16.onnx" for g in GRAPHS]
+                           # every tiny-model graph attends: its fused-attention ONNX Runtime variants
+                           + [g + ".ort.onnx" for g in GRAPHS] + [g + ".fp16.ort.onnx" for g in GRAPHS])
     m = manifest(exported)
     assert m["format_version"] == 1 and m["kind"] == "stage2"
     assert (m["latent_stride"], m["embed_dim"], m["n_embed"]) == (4, 64, 128)
