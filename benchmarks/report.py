@@ -156,7 +156,8 @@ def markdown(report: dict) -> str:
 
         out += ["## Large images: untiled vs streaming vs naive tiles", "",
                 "ONNX Runtime (the default backend), batch 1, each mode in its own process; peak RSS over the "
-                "loaded model; fidelity against the untiled result where untiled fits the memory budget; naive: "
+                "loaded model with the style encoded (0: no higher than loading and encoding the style reached); "
+                "fidelity against the untiled result where untiled fits the memory budget; naive: "
                 f"diffusers-style tiled encoder/decoder ({rows['naive_tile']} px tiles, 25 % overlap, blended), "
                 "the SGA on the whole latent.", "", *markdown_rows(rows["rows"]), ""]
     plots = report.get("files", {}).get("plots", {})
