@@ -149,7 +149,7 @@ def test_isa_table_matches_triton():
 
 
 @pytest.mark.parametrize("field, value", [("launch_pdl", True), ("launch_cooperative_grid", True),
-                                          ("tmem_size", 128), ("tensordesc_meta", [{"x": 1}]),
+                                          ("tmem_size", 1024), ("tensordesc_meta", [{"x": 1}]),
                                           ("global_scratch_size", 64), ("num_ctas", 2), ("shared", 64 * 1024),
                                           ("launch_pdl", None)])
 def test_launch_metadata_checks(field, value):
@@ -161,6 +161,7 @@ def test_launch_metadata_checks(field, value):
 
     good = dict(global_scratch_size=0, profile_scratch_size=0, num_ctas=1, launch_cooperative_grid=False,
                 launch_pdl=False, tmem_size=None, tensordesc_meta=[], shared=8192)
+    check_launch_metadata(SimpleNamespace(**{**good, "tmem_size": 64}))     # in-kernel tcgen05 alloc (sm_100)
     check_launch_metadata(SimpleNamespace(**good))
     bad = dict(good)
     if value is None:
