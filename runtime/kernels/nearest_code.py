@@ -384,8 +384,8 @@ def ptx_version_for_driver(driver_version: int, arch: int) -> int:
     """PTX ISA to compile for: min(what the driver can JIT, what Triton's ptxas for ``arch`` accepts).
 
     A CUDA 13.0 driver JITs PTX 9.0 but Triton 3.9's ptxas for sm_80 stops at 8.8 ("Unsupported
-    .version 9.0"); the smaller of the two is both assemblable here and loadable there (the cap
-    torch_tensorrt applies). No Triton import (the engine cache key needs this on every load).
+    .version 9.0"); the smaller of the two is both assemblable here and loadable there. No
+    Triton import (the engine cache key needs this on every load).
     """
     return min(driver_ptx_version(driver_version), ptxas_ptx_version(_parse_arch(arch)))
 
