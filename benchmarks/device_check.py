@@ -13,6 +13,9 @@ docs/device_check.md):
                the kernel target: fused >= 2x torch at N >= 8192;
   memory       the GPU runners' device path (cuda_mem): pinned staging, one upload, on-device
                broadcast of a style code, stream-ordered allocation, one download;
+  runner       TensorRTRunner's data path without TensorRT (``start_memory``): a multi-batch run
+               with a prefetching worker thread, on device 0 and the last device; the pool's release
+               threshold; shared context memory; arrays and pool memory freed by deactivate;
   pipeline     the torch eager pipeline of the official architecture (needs the quantart package).
 
 The kernel and cuda_mem modules are loaded from their files, not through the quantart_runtime
@@ -31,7 +34,7 @@ import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ("correctness", "aot", "timing", "memory", "pipeline")
+SECTIONS = ("correctness", "aot", "timing", "memory", "runner", "pipeline")
 NS = (1, 17, 1000, 8192, 65536)
 KS = (512, 1024, 16384)
 DS = (64, 256, 512)
@@ -101,6 +104,18 @@ one_line = load_module("errors", "runtime/util/errors.py").one_line
 def load_kernel():
     """runtime/kernels/nearest_code.py (numpy only until a Triton function is called)."""
     return load_module("nearest_code", "runtime/kernels/nearest_code.py")
+
+
+def load_runtime_module(dotted: str):
+    """A module of the runtime package (e.g. "backends.tensorrt") without running the package's
+    __init__ (which imports the Stylizer and Pillow): the package is registered as a bare namespace."""
+    import types
+
+    if "quantart_runtime" not in sys.modules:
+        pkg = types.ModuleType("quantart_runtime")
+        pkg.__path__ = [str(ROOT / "runtime")]
+        sys.modules["quantart_runtime"] = pkg
+    return importlib.import_module(f"quantart_runtime.{dotted}")
 
 
 def _version(dist: str) -> str | None:
@@ -224,6 +239,10 @@ def markdown(res: dict) -> str:
     if res.get("memory"):
         out += ["", "## Device memory path (cuda_mem)", "", "| check | ok | detail |", "|---|---|---|"]
         out += [f"| {r['check']} | {r['ok']} | {r.get('detail', '')} |" for r in res["memory"]]
+    if res.get("runner"):
+        out += ["", "## TensorRT runner data path without TensorRT (prefetch thread, pool, context memory)", "",
+                "| check | ok | detail |", "|---|---|---|"]
+        out += [f"| {r['check']} | {r['ok']} | {r.get('detail', '')} |" for r in res["runner"]]
     if res.get("pipeline"):
         out += ["", "## Torch eager pipeline, official architecture, 256x256", "", "| dtype | batch | ms | images/s |",
                 "|---|---|---|---|"]
@@ -275,12 +294,14 @@ def main(argv=None) -> int:
                 "aot": lambda: sec.aot(torch, nc, args, res),
                 "timing": lambda: sec.timing(torch, nc, args, res),
                 "memory": lambda: sec.memory(torch, load_module("cuda_mem", "runtime/backends/cuda_mem.py"), res),
+                "runner": lambda: sec.runner_memory(torch, load_runtime_module("backends.cuda_mem"),
+                                                    load_runtime_module("backends.tensorrt").TensorRTRunner, res),
                 "pipeline": lambda: sec.pipeline(torch, res, one_line)}
     run_sections(args, res, sections, write)
     ok = all(r["ok"] for r in res.get("correctness", [])) and all(r["ok"] for r in res.get("aot", [])) \
-        and all(r["ok"] for r in res.get("memory", []))
+        and all(r["ok"] for r in res.get("memory", [])) and all(r["ok"] for r in res.get("runner", []))
     print((args.out / "device_check.md").read_text())
-    return 0 if ok and not {"correctness", "aot", "memory"} & set(res["errors"]) else 1
+    return 0 if ok and not {"correctness", "aot", "memory", "runner"} & set(res["errors"]) else 1
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU check of the fused nearest-code kernel and the device memory path (benchmarks/device_check.py):
 # kernel vs float64 oracle, AOT PTX for this driver through cuda-python, timings vs torch, the
-# cuda_mem device path, the torch eager pipeline. At most 8 minutes; no network; Pillow not needed.
+# cuda_mem device path, the TensorRT runner's data path (threads, devices, pool), the torch eager
+# pipeline. At most 8 minutes; no network; Pillow not needed.
 #
 # Usage: benchmarks/device_check.sh [OPTIONS] [OUT_DIR] [OPTIONS]     (options anywhere; see --help)
 # OUT_DIR (or --out DIR, or $OUT) may be relative to the directory you call it from.

@@ -109,9 +109,10 @@ def aot(torch, nc, args, res):
                 idx_jit, codes_jit = run_fused(torch, nc, z, e, esq)
                 idx = torch.full((n,), -1, dtype=torch.int32, device="cuda")
                 codes = torch.full_like(z, float("nan"))
-                vals = (z.data_ptr(), e.data_ptr(), esq.data_ptr(), n, k, idx.data_ptr(), codes.data_ptr()) \
-                    + (0,) * lp.hidden_params
-                types = (ctypes.c_void_p,) * 3 + (ctypes.c_int32,) * 2 + (ctypes.c_void_p,) * (2 + lp.hidden_params)
+                # exactly TensorRT's AOT argument list: inputs, SymInt32 extras, outputs (no scratch)
+                vals = (z.data_ptr(), e.data_ptr(), esq.data_ptr(), n, k, idx.data_ptr(), codes.data_ptr())
+                types = (ctypes.c_void_p,) * 3 + (ctypes.c_int32,) * 2 + (ctypes.c_void_p,) * 2
+                assert len(vals) == len(lp.params) == len(nc.ptx_entry_params(ptx, kname))
                 gx, gy, gz = lp.grid(n)
                 check(cu.cuLaunchKernel(fn, gx, gy, gz, lp.threads_per_block, 1, 1, lp.shared_mem, stream,
                                         (vals, types), 0))
@@ -220,3 +221,88 @@ def pipeline(torch, res, one_line):
             except Exception as ex:
                 rows.append({"dtype": name, "batch": batch, "error": one_line(ex)})
             torch.cuda.empty_cache()
+
+
+def _pool_state(cm, device: int) -> dict:
+    """The default memory pool's threshold / reserved / used bytes on ``device``."""
+    rt = cm.cudart()
+    cm.set_device(device)
+    pool = cm.check(rt.cudaDeviceGetDefaultMemPool(device))
+    get = lambda a: int(cm.check(rt.cudaMemPoolGetAttribute(pool, getattr(rt.cudaMemPoolAttr, f"cudaMemPoolAttr{a}"))))  # noqa: E731
+    return {"threshold": get("ReleaseThreshold"), "reserved": get("ReservedMemCurrent"), "used": get("UsedMemCurrent")}
+
+
+def _prefetch_run(runner, batches: int, shape=(4, 3, 64, 64)) -> bool:
+    """The Stylizer's pattern: a worker thread (which never calls cudaSetDevice) preprocesses batch
+    n+1 into staging slot (n+1) % 2 while this thread uploads batch n, broadcasts a style code and
+    downloads; plus a new staging slot per batch (new entries in the runner's buffer table)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def staged(n):
+        buf = runner.staging(shape, np.float32, slot=n % 2)
+        buf[...] = n
+        extra = runner.staging((16,), np.float32, slot=1000 + n)
+        extra[...] = -n
+        return buf
+
+    ok = True
+    style = runner.to_device(np.arange(8, dtype=np.float32).reshape(1, 8))
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="quantart-preprocess") as pool:
+        pending = pool.submit(staged, 0)
+        for n in range(batches):
+            x = pending.result()
+            if n + 1 < batches:
+                pending = pool.submit(staged, n + 1)
+            dev = runner.to_device(x)
+            many = runner.broadcast(style, shape[0])
+            ok &= bool(np.all(runner.to_host(dev) == n))
+            want = np.repeat(np.arange(8, dtype=np.float32)[None], shape[0], 0)
+            ok &= bool(np.array_equal(runner.to_host(many), want))
+    return ok
+
+
+def runner_memory(torch, cm, trt_runner_cls, res):
+    """TensorRTRunner's data path on the device without TensorRT (``start_memory``: stream, pool,
+    shared context memory): items 1, 2, 5, 6 and 7 of issue 24."""
+    rows = res.setdefault("runner", [])
+    count = torch.cuda.device_count()
+    for device in sorted({0, count - 1}):
+        before = _pool_state(cm, device)
+        runner = trt_runner_cls("none", {"graphs": {"fp32": {}}}, device=device)
+        runner.start_memory()
+        runner.active = True
+        try:
+            rows.append({"check": f"prefetch x48 batches, device {device}", "ok": _prefetch_run(runner, 48),
+                         "detail": "worker thread stages, main thread uploads / broadcasts / downloads"})
+            warm = _pool_state(cm, device)
+            rows.append({"check": f"pool release threshold set, device {device}", "ok": warm["threshold"] == 2**64 - 1,
+                         "detail": f"{warm['threshold']:#x} (was {before['threshold']:#x})"})
+            scratch = runner.scratch
+            scratch.bind(256 << 20, 1 << 30)
+            scratch.bind(512 << 20, 1 << 30)
+            runner.stream.synchronize()
+            used = _pool_state(cm, device)["used"]
+            try:
+                scratch.bind(0, 1 << 30)
+                zero = False
+            except RuntimeError:
+                zero = True
+            rows.append({"check": f"shared context memory grows, old freed, 0 = error, device {device}",
+                         "ok": zero and scratch.grown == 2 and used - warm["used"] < (600 << 20),
+                         "detail": f"used {(used - warm['used']) / 2**20:.0f} MiB after growing 256 -> 512 MiB"})
+            held = [runner.to_device(np.ones((64, 1 << 20), np.float32))]      # 256 MiB kept by the caller
+            held.append(runner.broadcast(runner.to_device(np.ones((1, 1 << 20), np.float32)), 64))
+            runner.stream.synchronize()
+            busy = _pool_state(cm, device)
+        finally:
+            runner.deactivate()
+        after = _pool_state(cm, device)
+        rows.append({"check": f"arrays held by the caller freed by deactivate, device {device}",
+                     "ok": not any(a.alive for a in held) and after["used"] <= before["used"],
+                     "detail": f"used {busy['used'] / 2**20:.0f} MiB active -> {after['used'] / 2**20:.0f} MiB"})
+        rows.append({"check": f"pool trimmed and threshold restored after deactivate, device {device}",
+                     "ok": after["threshold"] == before["threshold"]
+                     and after["reserved"] <= before["reserved"] + (32 << 20),
+                     "detail": f"reserved {busy['reserved'] / 2**20:.0f} MiB -> {after['reserved'] / 2**20:.0f} MiB"})
+    if count < 2:
+        rows.append({"check": "second device", "ok": True, "detail": "one GPU: device N != 0 not checked"})

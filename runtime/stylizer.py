@@ -162,10 +162,10 @@ class Stylizer:
             for key in ((style, batch), (style, 1)):
                 if key in self._device_values:
                     self._device_values.move_to_end(key)
-            value = self._device_values.get((style, batch))
+            value = self._cached((style, batch))
             if value is not None:
                 return value
-            one = self._device_values.get((style, 1))
+            one = self._cached((style, 1))
             if one is None:
                 one = self._device_values[(style, 1)] = self.runner.to_device(style.latent)
             value = one if batch == 1 else self.runner.broadcast(one, batch)
@@ -179,13 +179,22 @@ class Stylizer:
         host = _ratio(value, name)
         key = ("ratio", float(host[0]))
         with self._lock:
-            dev = self._device_values.get(key)
+            dev = self._cached(key)
             if dev is None:
                 dev = self._device_values[key] = self.runner.to_device(host)
             self._device_values.move_to_end(key)
             while len(self._device_values) > DEVICE_VALUE_CACHE:
                 self._device_values.popitem(last=False)
             return dev
+
+    def _cached(self, key):
+        """A kept device value, or None once its memory is gone (the runner was deactivated and
+        freed it: ``DeviceArray.alive``)."""
+        value = self._device_values.get(key)
+        if value is not None and getattr(value, "alive", True) is False:
+            del self._device_values[key]
+            return None
+        return value
 
     def content_latent(self, x: np.ndarray) -> np.ndarray:
         """(B, 3, H, W) float32 in [-1, 1] -> continuous content latent (B, D, h, w)."""

@@ -119,3 +119,27 @@ def test_shell_wrapper_takes_options_first_and_a_relative_out_dir(tmp_path):
     bad = subprocess.run(["bash", str(ROOT / "benchmarks" / "device_check.sh"), "--skip", "nope", "x"],
                          cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
     assert bad.returncode == 2 and "unknown section" in bad.stderr and not (tmp_path / "x").exists()
+
+
+def test_runner_section_parts_without_a_gpu(tmp_path):
+    """The ``runner`` section's pieces that need no GPU: the TensorRT runner module loads from the
+    tree without the package __init__ (no Pillow), and the prefetch pattern it drives passes on a
+    runner with host memory standing for device memory (tests/test_trt_runner_cpu.py)."""
+    code = f"""
+import sys
+sys.modules["PIL"] = None
+sys.path.insert(0, {str(ROOT / "benchmarks")!r}); sys.path.insert(0, {str(ROOT / "tests")!r})
+import device_check as dc
+trt = dc.load_runtime_module("backends.tensorrt")
+assert "quantart_runtime.stylizer" not in sys.modules and "tensorrt" not in sys.modules
+sec = dc.load_module("sections", "benchmarks/device_check_sections.py")
+from test_trt_runner_cpu import host_mem
+r = trt.TensorRTRunner("none", {{"graphs": {{"fp32": {{}}}}}}, device=1)
+r.mem = host_mem([])
+r.start_memory(); r.active = True
+print(sec._prefetch_run(r, 6, shape=(2, 3, 4, 4)))
+r.deactivate()
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "True"

@@ -1,4 +1,4 @@
-"""Ahead-of-time PTX for the nearest-code kernel, compiled without a GPU (sm_80/86/89/90, FP32/FP16).
+"""Ahead-of-time PTX for the nearest-code kernel, compiled without a GPU (sm_80 .. sm_120, FP32/FP16).
 
 Compiled in a child process with TRITON_INTERPRET unset (the interpreter replaces @triton.jit process-
 wide) and a private Triton cache, so this really compiles.
@@ -15,12 +15,13 @@ import pytest
 
 pytest.importorskip("triton")
 
-ARCHS = (80, 86, 89, 90)
+ARCHS = (80, 86, 89, 90, 100, 120)
 DTYPES = ("fp32", "fp16")
+EXTRA_ARCHS = (103, 110, 121)       # the rest of SUPPORTED_ARCHS, FP16 only (the tensor-core path)
 
 
 def _child(out_dir):
-    from quantart_runtime.kernels.nearest_code import compile_ptx
+    from quantart_runtime.kernels.nearest_code import compile_ptx, ptxas_path
 
     meta = {}
     for arch in ARCHS:
@@ -29,7 +30,17 @@ def _child(out_dir):
             with open(os.path.join(out_dir, f"sm{arch}_{dtype}.ptx"), "w") as f:
                 f.write(ptx)
             meta[f"{arch}_{dtype}"] = {"name": name, **lp.to_dict(), "grid_1000": lp.grid(1000)}
-    from quantart_runtime.kernels.nearest_code import ptx_version_for_driver, ptxas_path, ptxas_ptx_version
+            # the stripped entry still assembles (Triton's ptxas for this arch)
+            target = re.search(r"^\.target\s+(sm_\w+)", ptx, re.M).group(1)
+            path = os.path.join(out_dir, f"sm{arch}_{dtype}.ptx")
+            proc = subprocess.run([ptxas_path(arch), f"--gpu-name={target}", path, "-o", path + ".cubin"],
+                                  capture_output=True, text=True)
+            meta[f"{arch}_{dtype}"]["ptxas_rc"] = proc.returncode
+            meta[f"{arch}_{dtype}"]["ptxas_err"] = proc.stderr[-500:]
+    for arch in EXTRA_ARCHS:
+        name, ptx, lp = compile_ptx(arch, "fp16", 256)
+        meta[f"{arch}_fp16"] = {"name": name, **lp.to_dict(), "ptx": ptx}
+    from quantart_runtime.kernels.nearest_code import ptx_version_for_driver, ptxas_ptx_version
 
     meta["driver_ptx"] = {f"{v}/{a}": ptx_version_for_driver(v, a) for v in (12040, 12080, 13000, 13020)
                           for a in (80, 90)}
@@ -51,7 +62,7 @@ def _child(out_dir):
     try:
         compile_ptx("sm_75", "fp32", 256)
     except ValueError as e:
-        meta["bad_arch"] = str(e)
+        meta["bad_arch"] = f"{type(e).__name__}: {e}"
     with open(os.path.join(out_dir, "meta.json"), "w") as f:
         json.dump(meta, f)
 
@@ -81,11 +92,13 @@ def test_ptx_for_arch(compiled, arch, dtype):
     m = meta[f"{arch}_{dtype}"]
     assert m["name"] == "nearest_code_kernel"
     assert re.search(rf"^\.target\s+sm_{arch}a?\b", ptx, re.M)
-    # TensorRT's AOT ABI: 3 input pointers, 2 int32 scalars, 2 output pointers, then Triton's scratch
-    # pointers (passed as null): ratio is specialised away, no float parameter is left.
+    # TensorRT's AOT ABI, exactly: 3 input pointers, 2 int32 scalars, 2 output pointers. Triton's two
+    # trailing scratch pointers are stripped (TensorRT passes only the declared arguments); ratio is
+    # specialised away, no float parameter is left.
     types = _entry_params(ptx, m["name"])
-    assert types[:7] == [".u64", ".u64", ".u64", ".u32", ".u32", ".u64", ".u64"]
-    assert len(types) == 7 + m["hidden_params"] and all(t == ".u64" for t in types[7:])
+    assert types == [".u64", ".u64", ".u64", ".u32", ".u32", ".u64", ".u64"]
+    assert m["hidden_params"] == 2
+    assert m["ptxas_rc"] == 0, m["ptxas_err"]
     assert list(m["params"]) == ["z_ptr", "e_ptr", "esq_ptr", "n_rows", "n_codes", "idx_ptr", "codes_ptr"]
     assert m["threads_per_block"] == 32 * m["num_warps"]
     assert 0 < m["shared_mem"] <= 48 * 1024
@@ -94,7 +107,9 @@ def test_ptx_for_arch(compiled, arch, dtype):
     # FP32 accumulation; no TF32 anywhere.
     assert "tf32" not in ptx
     if dtype == "fp16":
-        assert re.search(r"(mma\.sync\.aligned\.\S*\.f32\.f16\.f16\.f32|wgmma\.\S*\.f32\.f16\.f16)", ptx)
+        # mma.sync (sm_80/86/89/120), wgmma (sm_90), tcgen05.mma with an FP32 accumulator (sm_100)
+        assert re.search(r"(mma\.sync\.aligned\.\S*\.f32\.f16\.f16\.f32|wgmma\.\S*\.f32\.f16\.f16"
+                         r"|tcgen05\.mma\.cta_group::1\.kind::f16)", ptx)
     else:
         assert "fma.rn.f32" in ptx and not re.search(r"\bmma\.", ptx)
     # The index output is stored as 32-bit integers.
@@ -134,7 +149,7 @@ def test_isa_table_matches_triton():
 
 
 @pytest.mark.parametrize("field, value", [("launch_pdl", True), ("launch_cooperative_grid", True),
-                                          ("tmem_size", 128), ("tensordesc_meta", [{"x": 1}]),
+                                          ("tmem_size", 1024), ("tensordesc_meta", [{"x": 1}]),
                                           ("global_scratch_size", 64), ("num_ctas", 2), ("shared", 64 * 1024),
                                           ("launch_pdl", None)])
 def test_launch_metadata_checks(field, value):
@@ -146,6 +161,7 @@ def test_launch_metadata_checks(field, value):
 
     good = dict(global_scratch_size=0, profile_scratch_size=0, num_ctas=1, launch_cooperative_grid=False,
                 launch_pdl=False, tmem_size=None, tensordesc_meta=[], shared=8192)
+    check_launch_metadata(SimpleNamespace(**{**good, "tmem_size": 64}))     # in-kernel tcgen05 alloc (sm_100)
     check_launch_metadata(SimpleNamespace(**good))
     bad = dict(good)
     if value is None:
@@ -156,9 +172,31 @@ def test_launch_metadata_checks(field, value):
         check_launch_metadata(SimpleNamespace(**bad))
 
 
+@pytest.mark.parametrize("arch", EXTRA_ARCHS)
+def test_other_blackwell_archs(compiled, arch):
+    """sm_103 / sm_110 / sm_121 go through Triton's ptxas-blackwell like sm_100 / sm_120."""
+    _, meta = compiled
+    m = meta[f"{arch}_fp16"]
+    assert re.search(rf"^\.target\s+sm_{arch}a?\b", m["ptx"], re.M)
+    assert len(_entry_params(m["ptx"], m["name"])) == 7
+
+
 def test_bad_arch_is_one_line(compiled):
     _, meta = compiled
-    assert "unsupported arch" in meta["bad_arch"] and "\n" not in meta["bad_arch"]
+    msg = meta["bad_arch"]
+    assert msg.startswith("UnsupportedArch: unsupported arch 'sm_75'") and "\n" not in msg
+    assert "sm_90 (H100/H200/GH200)" in msg and "sm_120 (RTX 50" in msg
+
+
+def test_strip_refuses_a_referenced_parameter():
+    from quantart_runtime.kernels.nearest_code import strip_unused_params
+
+    ptx = (".visible .entry k(\n\t.param .u64 k_param_0,\n\t.param .u64 k_param_1,\n\t.param .u64 k_param_2\n)\n"
+           "{\n\tld.param.u64 %rd1, [k_param_0];\n\tld.param.u64 %rd2, [k_param_2];\n}\n")
+    with pytest.raises(RuntimeError, match="k_param_2 is read"):
+        strip_unused_params(ptx, "k", 1)
+    out, n = strip_unused_params(ptx.replace("[k_param_2]", "[k_param_0]"), "k", 1)
+    assert n == 2 and _entry_params(out, "k") == [".u64"] and "k_param_1" not in out
 
 
 if __name__ == "__main__":

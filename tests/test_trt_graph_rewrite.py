@@ -162,6 +162,35 @@ def test_literal_doc_pattern_with_gather_and_transpose(gather):
     onnx.checker.check_model(new, full_check=True)
 
 
+@pytest.mark.parametrize("zf_shape", [["B", "N", 4], None])
+def test_latents_must_be_rank_2(zf_shape):
+    """The plugin takes z (N, D): a MatMul on rank-3 latents (batched), or on latents whose rank shape
+    inference cannot tell, is left alone and reported."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    e = np.random.default_rng(4).standard_normal((5, 4)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["zf", "Et"], ["dots"]),
+             helper.make_node("Mul", ["dots", "two"], ["dots2"]),
+             helper.make_node("Sub", ["e_sq", "dots2"], ["scores"]),
+             helper.make_node("ArgMin", ["scores"], ["idx"], axis=-1, keepdims=0),
+             helper.make_node("Gather", ["E", "idx"], ["codes"], axis=0)]
+    graph = helper.make_graph(
+        nodes, "rank", [helper.make_tensor_value_info("zf", TensorProto.FLOAT, zf_shape)],
+        [helper.make_tensor_value_info("codes", TensorProto.FLOAT, None),
+         helper.make_tensor_value_info("idx", TensorProto.INT64, None)],
+        [numpy_helper.from_array(e, "E"), numpy_helper.from_array(e.T.copy(), "Et"),
+         numpy_helper.from_array(np.array(2.0, np.float32), "two"),
+         numpy_helper.from_array((e * e).sum(1), "e_sq")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    new, report = gr.replace_nearest_code(model)
+    assert [r.replaced for r in report] == [False]
+    assert "not rank 2" in report[0].reason and ("rank 3" if zf_shape else "unknown") in report[0].reason
+    assert _ops(new) == _ops(model)
+    # the same graph on (N, 4) latents is replaced
+    model.graph.input[0].CopyFrom(helper.make_tensor_value_info("zf", TensorProto.FLOAT, ["N", 4]))
+    assert [r.replaced for r in gr.replace_nearest_code(model)[1]] == [True]
+
+
 def _child(workdir):
     """Interpreter side: the rewritten graph (plugin = the kernel) vs the original graph (onnxruntime)."""
     os.environ["TRITON_INTERPRET"] = "1"

@@ -5,10 +5,18 @@ ONNX Runtime, and nothing is imported before a GPU runner activates (``cuda.bind
 lazily). Allocation is stream-ordered (``cudaMallocAsync`` / ``cudaFreeAsync`` on the runner's
 stream), so freeing a buffer that queued work still reads is safe, and a grow-only
 ``PinnedStaging`` buffer waits on its own event before it is overwritten.
+
+Devices: CUDA's current device is per thread. Everything that creates a CUDA object here (stream,
+event, pinned buffer) first selects its device (``set_device``), so a worker thread that never
+called ``cudaSetDevice`` (the Stylizer's preprocessing thread) still creates a staging buffer's
+event in the context of the runner's device, not device 0's (``cudaEventRecord`` needs the event
+and the stream in one context). Closing a ``Stream`` frees every device array still allocated on
+it, whoever holds a reference (``DeviceArray.alive`` turns false).
 """
 from __future__ import annotations
 
 import ctypes
+import weakref
 
 import numpy as np
 
@@ -18,6 +26,19 @@ def cudart():
     from cuda.bindings import runtime
 
     return runtime
+
+
+def cudadriver():
+    """The ``cuda.bindings.driver`` module (home of ``cuuint64_t``, the value type of the memory-pool
+    attributes that ``cudaMemPoolSetAttribute`` takes)."""
+    from cuda.bindings import driver
+
+    return driver
+
+
+def set_device(device: int) -> None:
+    """Make ``device`` the calling thread's current device (cheap; needed once per thread)."""
+    check(cudart().cudaSetDevice(int(device)))
 
 
 def check(result):
@@ -32,12 +53,14 @@ def check(result):
 
 
 class Stream:
-    """A non-blocking CUDA stream on ``device`` plus one event to wait for it."""
+    """A non-blocking CUDA stream on ``device`` plus one event to wait for it; ``arrays`` are the
+    device arrays allocated on it (weakly held), freed by ``close``."""
 
     def __init__(self, device: int):
         rt = cudart()
-        check(rt.cudaSetDevice(int(device)))
+        set_device(device)
         self.device = int(device)
+        self.arrays = weakref.WeakSet()
         self.handle = check(rt.cudaStreamCreateWithFlags(rt.cudaStreamNonBlocking))
         try:
             self.event = check(rt.cudaEventCreateWithFlags(rt.cudaEventDisableTiming))
@@ -52,10 +75,16 @@ class Stream:
         check(rt.cudaEventSynchronize(self.event))
 
     def close(self) -> None:
-        """Wait for the stream, then destroy it and its event (idempotent)."""
+        """Wait for the stream, free the device arrays still allocated on it (references held
+        elsewhere, e.g. a cache of style codes, see ``alive`` turn false), then destroy the stream
+        and its event (idempotent)."""
         rt = cudart()
         if self.handle is not None:
             try:
+                set_device(self.device)
+                check(rt.cudaStreamSynchronize(self.handle))
+                for arr in list(self.arrays):
+                    arr.release()
                 check(rt.cudaStreamSynchronize(self.handle))
             finally:
                 check(rt.cudaEventDestroy(self.event))
@@ -77,11 +106,20 @@ class DeviceArray:
         self.stream = stream
         self._owner = owner
         if ptr is None:
+            if stream.handle is None:
+                raise RuntimeError("cannot allocate on a closed stream (the runner was deactivated)")
             ptr = check(cudart().cudaMallocAsync(max(self.nbytes, 1), stream.handle))
             self._owns = True
         else:
             self._owns = False
         self.ptr = int(ptr)
+        if self._owns:
+            stream.arrays.add(self)
+
+    @property
+    def alive(self) -> bool:
+        """False once the memory was freed (``release``, or its stream was closed)."""
+        return bool(self.ptr) and (self._owner is None or self._owner.alive)
 
     @property
     def ndim(self) -> int:
@@ -96,10 +134,11 @@ class DeviceArray:
         return out
 
     def release(self) -> None:
-        """Free the memory (stream-ordered; idempotent). Views keep their owner alive instead."""
-        if self._owns and self.ptr and self.stream.handle is not None:
-            check(cudart().cudaFreeAsync(self.ptr, self.stream.handle))
-        self.ptr = 0
+        """Free the memory (stream-ordered; idempotent). Views keep their owner alive instead.
+        Arrays on a closed stream were freed when it closed (``Stream.close``)."""
+        ptr, self.ptr = self.ptr, 0
+        if self._owns and ptr and self.stream.handle is not None:
+            check(cudart().cudaFreeAsync(ptr, self.stream.handle))
 
     def __del__(self):
         try:
@@ -113,11 +152,13 @@ class PinnedStaging:
     marking its last copy.
 
     ``array(shape, dtype)`` returns a numpy view of the buffer after waiting for the copy that last
-    used it, so a buffer is never overwritten while a DMA still reads or writes it.
+    used it, so a buffer is never overwritten while a DMA still reads or writes it. ``device`` is
+    the device whose stream will copy it: its event is created there, whichever thread asks.
     """
 
-    def __init__(self):
+    def __init__(self, device: int | None = None):
         self.cap, self.hptr, self.event = 0, 0, None
+        self.device = device
 
     def array(self, shape, dtype) -> np.ndarray:
         """A writable numpy view of ``shape``/``dtype`` over the pinned memory (grown as needed)."""
@@ -128,6 +169,8 @@ class PinnedStaging:
             check(rt.cudaEventSynchronize(self.event))
         if nbytes > self.cap:
             self.release()
+            if self.device is not None:
+                set_device(self.device)      # this thread may never have selected it
             self.cap = max(nbytes, 1 << 16)
             self.hptr = check(rt.cudaHostAlloc(self.cap, rt.cudaHostAllocPortable))
             self.event = check(rt.cudaEventCreateWithFlags(rt.cudaEventDisableTiming))
@@ -147,6 +190,85 @@ class PinnedStaging:
         if self.hptr:
             check(rt.cudaFreeHost(self.hptr))
         self.cap, self.hptr, self.event = 0, 0, None
+
+
+class SharedScratch:
+    """One grow-only device buffer shared as context memory by TensorRT execution contexts that run
+    one after another on one stream (``IExecutionContext.set_device_memory``).
+
+    ``bind(need, worst)`` returns the (address, size) to hand to the context for a call that
+    needs ``need`` bytes (``update_device_memory_size_for_shapes``). That call returns 0 on error
+    (NvInferRuntime.h), so 0 while the engine's worst case ``worst`` is positive raises
+    ``RuntimeError`` instead of leaving the context pointing at a buffer an earlier growth freed.
+    Growing frees the old buffer stream-ordered, after the queued work that still reads it.
+    """
+
+    def __init__(self, stream, array_type=None):
+        self.stream = stream
+        self.array_type = array_type or DeviceArray
+        self.buffer = None
+        self.grown = 0
+
+    def bind(self, need: int, worst: int) -> tuple[int, int]:
+        """(address, size) of scratch memory for ``need`` bytes (see the class docstring)."""
+        need, worst = int(need), int(worst)
+        if need <= 0:
+            if worst > 0:
+                raise RuntimeError(f"TensorRT could not size the context memory for these shapes "
+                                   f"(update_device_memory_size_for_shapes returned {need}; the engine "
+                                   f"needs up to {worst / 2**20:.1f} MiB)")
+            return 0, 0
+        if self.buffer is None or self.buffer.nbytes < need:
+            old, self.buffer = self.buffer, None
+            if old is not None:
+                old.release()
+            self.buffer = self.array_type((need,), np.uint8, self.stream)
+            self.grown += 1
+        return self.buffer.ptr, need
+
+    def release(self) -> None:
+        """Free the buffer (idempotent)."""
+        if self.buffer is not None:
+            self.buffer.release()
+        self.buffer = None
+
+
+class DevicePool:
+    """The device's default memory pool (where ``cudaMallocAsync`` allocates), kept warm while a
+    runner is active: its release threshold is raised to the maximum, so memory freed between calls
+    stays in the pool instead of going back to the driver at every synchronization; ``close``
+    restores the previous threshold and trims the pool (``cudaMemPoolTrimTo(pool, 0)``), so what the
+    runner no longer holds goes back to the device.
+    """
+
+    def __init__(self, device: int):
+        rt = cudart()
+        set_device(device)
+        self.device = int(device)
+        self.pool = check(rt.cudaDeviceGetDefaultMemPool(self.device))
+        attr = rt.cudaMemPoolAttr.cudaMemPoolAttrReleaseThreshold
+        self.previous = int(check(rt.cudaMemPoolGetAttribute(self.pool, attr)))
+        check(rt.cudaMemPoolSetAttribute(self.pool, attr, cudadriver().cuuint64_t(2**64 - 1)))
+
+    def attribute(self, name: str) -> int:
+        """A pool attribute by its name without the prefix, e.g. "ReservedMemCurrent", "UsedMemCurrent",
+        "ReleaseThreshold" (bytes)."""
+        rt = cudart()
+        return int(check(rt.cudaMemPoolGetAttribute(self.pool, getattr(rt.cudaMemPoolAttr, f"cudaMemPoolAttr{name}"))))
+
+    def close(self) -> None:
+        """Restore the previous release threshold and trim the pool to what is still allocated
+        (idempotent). Call after the stream that allocated from it was closed."""
+        if self.pool is None:
+            return
+        rt = cudart()
+        try:
+            set_device(self.device)
+            check(rt.cudaMemPoolSetAttribute(self.pool, rt.cudaMemPoolAttr.cudaMemPoolAttrReleaseThreshold,
+                                             cudadriver().cuuint64_t(self.previous)))
+            check(rt.cudaMemPoolTrimTo(self.pool, 0))
+        finally:
+            self.pool = None
 
 
 def copy_h2d(dst_ptr: int, src: np.ndarray, stream: Stream) -> None:

@@ -15,7 +15,8 @@ one leaves e_sq as ReduceSum(E*E)) and replaces it by
 
 keeping every tensor name the rest of the graph uses, so the fusion and reshape nodes that follow
 are untouched. Candidates that do not match exactly (another consumer of an intermediate tensor, a
-Gather table that is not the MatMul's codebook, ...) are left alone and reported.
+Gather table that is not the MatMul's codebook, latents that shape inference does not show to be
+rank 2 (N, D), ...) are left alone and reported.
 """
 from __future__ import annotations
 
@@ -45,10 +46,29 @@ def _onnx():
     return onnx
 
 
+def _ranks(model) -> dict[str, int]:
+    """{tensor name: rank} for every tensor whose rank ONNX shape inference knows."""
+    onnx = _onnx()
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:               # an unknown op, a too-large model: declared shapes only
+        inferred = model
+    g = inferred.graph
+    out = {}
+    for vi in list(g.input) + list(g.value_info) + list(g.output):
+        t = vi.type.tensor_type
+        if vi.type.HasField("tensor_type") and t.HasField("shape"):
+            out[vi.name] = len(t.shape.dim)
+    for init in g.initializer:
+        out[init.name] = len(init.dims)
+    return out
+
+
 class _Graph:
-    def __init__(self, graph):
+    def __init__(self, graph, ranks: dict | None = None):
         onnx = _onnx()
         self.graph = graph
+        self.ranks = ranks or {}
         self.inits = {t.name: t for t in graph.initializer}
         self.producer = {}
         self.consumers: dict[str, list] = {}
@@ -138,6 +158,9 @@ def _match(g: _Graph, argmin):
     et = g.const(matmul.input[1])
     if et is None or et.ndim != 2 or g.const(matmul.input[0]) is not None:
         return None, "MatMul is not (latents, constant codebook^T)"
+    rank = g.ranks.get(matmul.input[0])
+    if rank != 2:        # the plugin takes z (N, D): its shape_expr[0] is the row count
+        return None, f"MatMul latents {matmul.input[0]!r} are not rank 2 (rank {rank if rank else 'unknown'})"
     codebook = np.ascontiguousarray(et.T.astype(np.float32))
     k, d = codebook.shape
     if esq.size != k:
@@ -182,7 +205,7 @@ def _is_row_gather(g: _Graph, node, idx_name, op, codebook) -> bool:
 
 def find_nearest_code_subgraphs(model) -> list[Rewrite]:
     """Report (without changing anything) which ArgMin nodes would be replaced."""
-    g = _Graph(model.graph)
+    g = _Graph(model.graph, _ranks(model))
     out = []
     for node in model.graph.node:
         if node.op_type == "ArgMin":
@@ -203,7 +226,7 @@ def replace_nearest_code(model, aot: bool = True):
     removed: set[int] = set()
     inserted: dict[int, list] = {}
     new_inits = []
-    g = _Graph(graph)
+    g = _Graph(graph, _ranks(model))
     position = {id(n): i for i, n in enumerate(graph.node)}
     taken = {o for n in graph.node for o in n.output} | set(g.inits) | {i.name for i in graph.input}
     for node in list(graph.node):

@@ -4,7 +4,9 @@ One InferenceSession per graph, created once in ``activate()`` and reused. Graph
 ORT_ENABLE_ALL; intra-op threads = the physical cores this process may use (CPU affinity, cgroup
 quota). Providers: ``providers=None`` uses CUDA (with IO binding, outputs copied back once) when
 onnxruntime-gpu is installed and a GPU is visible, else the CPU provider; pass e.g.
-``providers=["CPUExecutionProvider"]`` to force one.
+``providers=["CPUExecutionProvider"]`` to force one. A session that does not run on every
+provider asked for (ONNX Runtime falls back to the CPU when the CUDA provider cannot start) is a
+``BackendError`` naming the provider it got, never a silent CPU run.
 
 Fused attention: where the manifest lists a graph's ONNX Runtime variant (``ort_fused``: every attention
 as one ``com.microsoft.MultiHeadAttention``, memory linear in the tokens; verified at export like every
@@ -159,6 +161,7 @@ class OnnxRuntimeRunner(Runner):
         self.use_iobinding = False
         self.device_type = "cpu"
         self._pinned: dict = {}
+        self._pinned_lock = threading.Lock()
         self._stream = None
 
     @classmethod
@@ -171,18 +174,29 @@ class OnnxRuntimeRunner(Runner):
         return True, ""
 
     def _providers(self, ort) -> list:
-        available = ort.get_available_providers()
         if self.requested_providers is not None:
-            wanted = [p if isinstance(p, str) else p[0] for p in self.requested_providers]
-            missing = [p for p in wanted if p not in available]
-            if missing:
-                raise BackendError(f"onnxruntime here has no {', '.join(missing)} "
-                                   f"(available: {', '.join(available)})")
             return [p if not (isinstance(p, str) and p == CUDA) else (CUDA, {"device_id": self.device})
                     for p in self.requested_providers]
-        if CUDA in available and _gpu_visible(self.device):
+        if CUDA in ort.get_available_providers() and _gpu_visible(self.device):
             return [(CUDA, {"device_id": self.device}), CPU]
         return [CPU]
+
+    def _check_providers(self, ort, graph: str, asked: list, got: list) -> None:
+        """``BackendError`` unless the session runs on every provider asked for.
+
+        InferenceSession does not fail when an execution provider cannot start (CUDA libraries
+        missing, a CPU-only onnxruntime): it warns and goes on with the CPU provider. Its
+        ``get_providers()`` says what it really uses; anything asked for and absent there is an error
+        here, never a silent CPU run.
+        """
+        wanted = [p if isinstance(p, str) else p[0] for p in asked]
+        missing = [p for p in wanted if p not in got]
+        if missing:
+            available = ort.get_available_providers()
+            why = "" if all(p in available for p in missing) else " (this onnxruntime does not have it)"
+            raise BackendError(f"onnxruntime could not start {', '.join(missing)} for {graph}{why}: the session "
+                               f"runs on {', '.join(got)}; available here: {', '.join(available)}. For the CPU, "
+                               f"pass providers=['{CPU}']")
 
     def activate_impl(self) -> None:
         """One InferenceSession per graph (ORT_ENABLE_ALL, sequential, the configured threads)."""
@@ -213,6 +227,7 @@ class OnnxRuntimeRunner(Runner):
             except Exception as exc:
                 raise ModelError(f"model {self.model_dir}: onnxruntime cannot load {path.name} "
                                  f"({one_line(exc)})") from None
+            self._check_providers(ort, graph, providers, sessions[graph].get_providers())
             self._check_io(graph, sessions[graph])
         if self.fused_attention is True and not fused:
             raise ModelError(f"model {self.model_dir}: manifest lists no fused-attention graphs for "
@@ -268,7 +283,9 @@ class OnnxRuntimeRunner(Runner):
     def deactivate_impl(self) -> None:
         """Drop the sessions and free pinned buffers (partial state too)."""
         try:
-            for buf in self._pinned.values():
+            with self._pinned_lock:
+                buffers = list(self._pinned.values())
+            for buf in buffers:
                 buf.release()
             if self._stream is not None:
                 self._stream.close()
@@ -352,7 +369,10 @@ class OnnxRuntimeRunner(Runner):
                 cuda_mem.cudart()
             except ImportError:
                 return super().staging_impl(shape, dtype, slot)
-            return self._pinned.setdefault(slot, cuda_mem.PinnedStaging()).array(shape, dtype)
+            cuda_mem.set_device(self.device)    # also from the preprocessing thread
+            with self._pinned_lock:
+                buf = self._pinned.setdefault(slot, cuda_mem.PinnedStaging(self.device))
+            return buf.array(shape, dtype)
         return super().staging_impl(shape, dtype, slot)
 
     # ---- inference ----------------------------------------------------------------------------

@@ -10,9 +10,22 @@ values that the next ``infer`` accepts as feeds; ``to_device`` uploads once (sty
 ``broadcast`` repeats a batch-1 value on the device; numpy feeds go through pinned staging buffers
 (``staging()`` hands them out, so preprocessing writes straight into pinned memory) with one
 asynchronous H2D copy each; host outputs come back with one D2H copy into pinned memory.
+
+Threads: ``staging()`` is called from the Stylizer's preprocessing thread while the caller's
+thread uploads and runs, so the pinned-buffer table is guarded by a lock, and every entry point
+selects the runner's device first (CUDA's current device is per thread). ``deactivate()`` frees
+every device array the runner allocated, including ones still referenced elsewhere (their
+``alive`` is then false and feeding them is a ``ValueError``), and hands the pool's free memory
+back (``cuda_mem.DevicePool``).
+
+The memory primitives come from ``self.mem`` (``cuda_mem``): the host-side logic above the CUDA
+calls (the buffer table, staging, uploads, scratch sizing) is thereby tested on the CPU with plain
+host memory standing where device memory stands (tests/test_trt_runner_memory.py); what needs a GPU
+is in benchmarks/device_check.sh.
 """
 from __future__ import annotations
 
+import threading
 from typing import Any, Mapping
 
 import numpy as np
@@ -34,6 +47,7 @@ class TensorRTRunner(Runner):
     name = "tensorrt"
     OPTIONS = frozenset({"cache_dir", "workspace_gb", *PROFILE_KEYS})
     DEVICE_VALUES = True
+    mem = cm            # the memory primitives (see the module docstring)
 
     def __init__(self, model_dir, manifest: dict, precision: str = "fp32", device: int = 0, **options):
         super().__init__(model_dir, manifest, precision, device, **options)
@@ -42,24 +56,24 @@ class TensorRTRunner(Runner):
         self.contexts: dict = {}
         self.stream = None
         self.scratch = None
+        self.pool = None
         self._pinned: dict = {}
+        self._pinned_lock = threading.Lock()
 
     @classmethod
     def is_available(cls) -> tuple[bool, str]:
-        """TensorRT >= MIN_TENSORRT, cuda-python, triton and onnx importable, and a CUDA device."""
+        """TensorRT >= MIN_TENSORRT, cuda-python and a CUDA device. Triton and onnx are needed only
+        to build engines (``trt_engine``): cached engines load without them."""
         try:
             import tensorrt as trt
         except ImportError as e:
             return False, f"TensorRT is not installed ({e})"
         if not tensorrt_version_ok(trt.__version__):
             return False, f"TensorRT {trt.__version__} is older than {'.'.join(map(str, MIN_TENSORRT))}"
-        for mod, what in (("cuda.bindings.runtime", "cuda-python"), ("triton", "triton (builds the plugin PTX)"),
-                          ("onnx", "onnx (graph rewrite)")):
-            try:
-                __import__(mod)
-            except ImportError:
-                return False, f"{what} is not installed"
-        rt = cm.cudart()
+        try:
+            rt = cm.cudart()
+        except ImportError:
+            return False, "cuda-python is not installed"
         err, count = rt.cudaGetDeviceCount()
         if err != rt.cudaError_t.cudaSuccess or count == 0:
             return False, "no CUDA device is visible"
@@ -79,13 +93,7 @@ class TensorRTRunner(Runner):
         import tensorrt as trt
 
         rt = cm.cudart()
-        self.stream = cm.Stream(self.device)
-        try:   # keep freed blocks in the pool: per-call allocations then cost no driver call
-            pool = cm.check(rt.cudaDeviceGetDefaultMemPool(self.device))
-            cm.check(rt.cudaMemPoolSetAttribute(pool, rt.cudaMemPoolAttr.cudaMemPoolAttrReleaseThreshold,
-                                                rt.cuuint64_t(2**64 - 1)))
-        except Exception:
-            pass
+        self.start_memory()
         props = cm.check(rt.cudaGetDeviceProperties(self.device))
         self.gpu_name = props.name.decode(errors="replace").rstrip("\x00")
         self.cc = (props.major, props.minor)
@@ -104,6 +112,13 @@ class TensorRTRunner(Runner):
         self.cache_status = dict(loader.cache_status)
         self.io = {g: self._io(e) for g, e in self.engines.items()}
 
+    def start_memory(self) -> None:
+        """The stream, the shared context-memory buffer and the warm pool (no TensorRT involved:
+        the device check runs the data path on them)."""
+        self.pool = self.mem.DevicePool(self.device)     # freed blocks stay in the pool between calls
+        self.stream = self.mem.Stream(self.device)
+        self.scratch = self.mem.SharedScratch(self.stream)
+
     def _io(self, engine) -> list[tuple[str, bool, np.dtype]]:
         import tensorrt as trt
 
@@ -115,28 +130,35 @@ class TensorRTRunner(Runner):
         return out
 
     def deactivate_impl(self) -> None:
-        """Wait for the stream, free buffers, contexts, engines and the stream (partial state too)."""
-        stream = self.stream
+        """Wait for the stream; free pinned buffers, contexts, engines, every device array allocated
+        on the stream (also those still referenced elsewhere) and the stream; trim the pool
+        (partial state too)."""
+        stream, pool = self.stream, self.pool
         try:
             if stream is not None and stream.handle is not None:
+                self.mem.set_device(self.device)
                 stream.synchronize()
-            for buf in self._pinned.values():
+            with self._pinned_lock:
+                buffers = list(self._pinned.values())
+                self._pinned.clear()
+            for buf in buffers:
                 buf.release()
-            if self.scratch is not None:
-                self.scratch.release()
         finally:
-            self._pinned.clear()
             self.scratch = None
             self.contexts.clear()
             self.engines.clear()
-            self.stream = None
-            if stream is not None:
-                stream.close()
+            self.stream = self.pool = None
+            try:
+                if stream is not None:
+                    stream.close()           # frees the arrays still allocated on it
+            finally:
+                if pool is not None:
+                    pool.close()
 
     # ---- values -------------------------------------------------------------------------------
     def is_device_value(self, value) -> bool:
         """True for a ``DeviceArray``."""
-        return isinstance(value, cm.DeviceArray)
+        return isinstance(value, self.mem.DeviceArray)
 
     def value_info(self, value) -> tuple[np.dtype, int]:
         """(dtype, rank) of a ``DeviceArray``."""
@@ -144,67 +166,92 @@ class TensorRTRunner(Runner):
 
     def value_shape(self, value) -> tuple[int, ...]:
         """Shape of a ``DeviceArray`` or numpy array."""
-        return value.shape if isinstance(value, cm.DeviceArray) else np.asarray(value).shape
+        return value.shape if isinstance(value, self.mem.DeviceArray) else np.asarray(value).shape
 
     @property
     def pinned_staging(self) -> bool:
         """Always: numpy feeds are uploaded from pinned memory."""
         return True
 
+    def _buffer(self, key):
+        """The pinned buffer ``key`` (created on first use); any thread may ask."""
+        with self._pinned_lock:
+            buf = self._pinned.get(key)
+            if buf is None:
+                buf = self._pinned[key] = self.mem.PinnedStaging(self.device)
+            return buf
+
     def staging_impl(self, shape: tuple, dtype, slot: int) -> np.ndarray:
-        """A pinned host array for ``slot`` (waits until its previous upload has finished)."""
-        return self._pinned.setdefault(("staging", slot), cm.PinnedStaging()).array(shape, dtype)
+        """A pinned host array for ``slot`` (waits until its previous upload has finished); called
+        from the preprocessing thread too."""
+        self.mem.set_device(self.device)
+        return self._buffer(("staging", slot)).array(shape, dtype)
 
     def _pinned_owner(self, array: np.ndarray):
         addr = array.ctypes.data
-        for buf in self._pinned.values():
+        with self._pinned_lock:
+            buffers = list(self._pinned.values())
+        for buf in buffers:
             if buf.cap and buf.hptr <= addr < buf.hptr + buf.cap:
                 return buf
         return None
 
-    def _upload(self, array: np.ndarray, key) -> cm.DeviceArray:
+    def _live(self, value, what: str):
+        if not value.alive:
+            raise ValueError(f"{what} was freed when the runner was deactivated; upload it again")
+        return value
+
+    def _upload(self, array: np.ndarray, key):
         array = np.ascontiguousarray(array)
-        dev = cm.DeviceArray(array.shape, array.dtype, self.stream)
+        dev = self.mem.DeviceArray(array.shape, array.dtype, self.stream)
         owner = self._pinned_owner(array)
         if owner is None:       # pageable memory: stage it through a pinned buffer of our own
-            owner = self._pinned.setdefault(key, cm.PinnedStaging())
+            owner = self._buffer(key)
             pinned = owner.array(array.shape, array.dtype)
             pinned[...] = array
             array = pinned
-        cm.copy_h2d(dev.ptr, array, self.stream)
+        self.mem.copy_h2d(dev.ptr, array, self.stream)
         owner.mark(self.stream)
         return dev
 
-    def to_device_impl(self, array: np.ndarray) -> cm.DeviceArray:
+    def to_device_impl(self, array: np.ndarray):
         """Upload ``array`` (one H2D copy through pinned memory)."""
+        self.mem.set_device(self.device)
         return self._upload(array, ("upload",))
 
-    def to_host_impl(self, value: cm.DeviceArray) -> np.ndarray:
+    def to_host_impl(self, value):
         """One D2H copy into pinned memory, then a numpy copy the caller owns."""
-        buf = self._pinned.setdefault(("download",), cm.PinnedStaging())
+        self.mem.set_device(self.device)
+        self._live(value, "to_host: the value")
+        buf = self._buffer(("download",))
         host = buf.array(value.shape, value.dtype)
-        cm.copy_d2h(host, value.ptr, self.stream)
+        self.mem.copy_d2h(host, value.ptr, self.stream)
         buf.mark(self.stream)
         self.stream.synchronize()
         return host.copy()
 
-    def broadcast_impl(self, value: cm.DeviceArray, batch: int) -> cm.DeviceArray:
+    def broadcast_impl(self, value, batch: int):
         """Repeat a batch-1 ``DeviceArray`` ``batch`` times with device-to-device copies."""
-        out = cm.DeviceArray((batch,) + value.shape[1:], value.dtype, self.stream)
-        cm.broadcast_rows(out.ptr, value.ptr, value.nbytes, batch, self.stream)
+        self.mem.set_device(self.device)
+        self._live(value, "broadcast: the value")
+        out = self.mem.DeviceArray((batch,) + value.shape[1:], value.dtype, self.stream)
+        self.mem.broadcast_rows(out.ptr, value.ptr, value.nbytes, batch, self.stream)
         return out
 
     # ---- inference ----------------------------------------------------------------------------
     def infer_impl(self, graph: str, feeds: Mapping[str, Any], host_outputs: bool) -> dict:
         """Bind inputs (uploading numpy ones), size context memory, enqueue, bind/download outputs."""
+        self.mem.set_device(self.device)
         ctx = self.contexts[graph]
         held = []                 # device inputs stay referenced until the call is queued
         for name, is_input, dtype in self.io[graph]:
             if not is_input:
                 continue
             value = feeds[name]
-            if not isinstance(value, cm.DeviceArray):
+            if not isinstance(value, self.mem.DeviceArray):
                 value = self._upload(np.asarray(value, dtype=dtype), ("in", graph, name))
+            elif not value.alive:
+                raise ValueError(f"{graph}: input {name!r} was freed when the runner was deactivated")
             elif value.dtype != dtype:
                 raise ValueError(f"{graph}: input {name!r} is {value.dtype} on the device, the engine takes {dtype}")
             if not ctx.set_input_shape(name, value.shape):
@@ -213,20 +260,21 @@ class TensorRTRunner(Runner):
                                  f"({lo} .. {hi}); rebuild with other min_res/max_res/max_batch")
             ctx.set_tensor_address(name, value.ptr)
             held.append(value)
+        # 0 is TensorRT's error value here (NvInferRuntime.h), not "needs nothing": SharedScratch
+        # raises then, so the context never keeps a pointer to a buffer an earlier growth freed.
         need = int(ctx.update_device_memory_size_for_shapes())
-        if need > 0:
-            if self.scratch is None or self.scratch.nbytes < need:
-                try:
-                    self.scratch = cm.DeviceArray((need,), np.uint8, self.stream)
-                except RuntimeError as exc:
-                    raise BackendError(f"{graph}: TensorRT needs {need / 2**20:.0f} MiB of context memory for "
-                                       f"shapes {[v.shape for v in held]} ({exc}); use a smaller batch") from None
-            ctx.set_device_memory(self.scratch.ptr, need)
+        try:
+            ptr, size = self.scratch.bind(need, int(self.engines[graph].device_memory_size_v2))
+        except RuntimeError as exc:
+            raise BackendError(f"{graph}: {exc} (shapes {[v.shape for v in held]}); use a smaller batch "
+                               f"if the device is out of memory") from None
+        if size:
+            ctx.set_device_memory(ptr, size)
         outputs = {}
         for name, is_input, dtype in self.io[graph]:
             if is_input:
                 continue
-            out = cm.DeviceArray(tuple(ctx.get_tensor_shape(name)), dtype, self.stream)
+            out = self.mem.DeviceArray(tuple(ctx.get_tensor_shape(name)), dtype, self.stream)
             ctx.set_tensor_address(name, out.ptr)
             outputs[name] = out
         if not ctx.execute_async_v3(self.stream.handle):
@@ -235,9 +283,9 @@ class TensorRTRunner(Runner):
             return outputs
         hosts = {}
         for name, out in outputs.items():
-            buf = self._pinned.setdefault(("out", graph, name), cm.PinnedStaging())
+            buf = self._buffer(("out", graph, name))
             hosts[name] = buf.array(out.shape, out.dtype)
-            cm.copy_d2h(hosts[name], out.ptr, self.stream)
+            self.mem.copy_d2h(hosts[name], out.ptr, self.stream)
             buf.mark(self.stream)
         self.stream.synchronize()
         return {name: host.copy() for name, host in hosts.items()}

@@ -6,7 +6,9 @@ implementation returns the Triton kernel's PTX, so serialized engines run withou
 plugin is registered only to *build* an engine (``trt_engine``), never to load one.
 
 Kernel parameters, in TensorRT's order: z, codebook, sqnorm (inputs), n_rows, n_codes (SymInt32
-extras), indices, codes (outputs); Triton's trailing scratch pointers are unused and left null.
+extras), indices, codes (outputs), and nothing else: TensorRT's AOT launch passes exactly these
+(samples/python/quickly_deployable_plugins), so ``compile_ptx`` strips Triton's two trailing
+scratch pointers from the PTX entry (they are unreferenced: the kernel needs no scratch).
 
 No ``from __future__ import annotations`` here, on purpose: ``tensorrt.plugin`` validates the
 decorated functions with ``issubclass(param.annotation, TensorDesc)`` (its ``_validate.py``), which

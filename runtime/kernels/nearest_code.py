@@ -19,7 +19,12 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 KERNEL_NAME = "nearest_code_kernel"
-SUPPORTED_ARCHS = (80, 86, 89, 90)
+SUPPORTED_ARCHS = (80, 86, 89, 90, 100, 103, 110, 120, 121)
+# The GPUs of each architecture (for error messages). Triton 3.9 assembles sm_90 and newer with its
+# `ptxas-blackwell` (``ptxas_path``); sm_75 and older are outside what the kernel was checked on.
+ARCH_GPUS = {80: "A100/A30", 86: "A10/A40/RTX 30", 89: "L4/L40/RTX 40", 90: "H100/H200/GH200",
+             100: "B200/GB200", 103: "B300/GB300", 110: "Jetson Thor", 120: "RTX 50/RTX PRO 6000 Blackwell",
+             121: "DGX Spark (GB10)"}
 SUPPORTED_DTYPES = ("fp32", "fp16")
 # Runtime (non-constexpr) parameters of the kernel, in order; `ratio` is only a runtime parameter
 # for the JIT path (`launch`), the AOT PTX specialises it to 1.0.
@@ -57,8 +62,8 @@ class LaunchParams:
     num_stages: int
     threads_per_block: int      # block_x
     shared_mem: int             # dynamic shared memory bytes
-    params: tuple               # kernel parameters TensorRT passes, in order
-    hidden_params: int          # Triton's trailing scratch pointers (passed as null)
+    params: tuple               # kernel parameters TensorRT passes, in order: exactly the PTX entry's
+    hidden_params: int          # Triton's trailing scratch pointers stripped from the entry (always 2)
 
     def grid(self, n_rows: int) -> tuple[int, int, int]:
         """The launch grid for ``n_rows`` latent rows: (ceil(n_rows / block_n), 1, 1), at least one."""
@@ -184,11 +189,20 @@ def launch(z, codebook, codebook_sqnorm, indices, codes, ratio: float = 1.0, con
     return indices, codes
 
 
+class UnsupportedArch(ValueError):
+    """The GPU architecture is outside ``SUPPORTED_ARCHS`` (the message names the supported GPUs)."""
+
+
+def supported_gpus() -> str:
+    """"sm_80 (A100/A30), sm_86 (...), ..." for messages."""
+    return ", ".join(f"sm_{a} ({ARCH_GPUS[a]})" for a in SUPPORTED_ARCHS)
+
+
 def _parse_arch(arch) -> int:
     m = re.fullmatch(r"(?:sm_?)?(\d{2,3})", str(arch).strip().lower())
     if not m or int(m.group(1)) not in SUPPORTED_ARCHS:
-        raise ValueError(f"compile_ptx: unsupported arch {arch!r}; expected one of "
-                         f"{', '.join(f'sm_{a}' for a in SUPPORTED_ARCHS)}")
+        raise UnsupportedArch(f"unsupported arch {arch!r} for the nearest-code kernel; supported: "
+                              f"{supported_gpus()}")
     return int(m.group(1))
 
 
@@ -200,12 +214,39 @@ def ptx_entry_params(ptx: str, kernel_name: str) -> list[str]:
     return re.findall(r"\.param\s+\.\w+\s+(?:\.ptr\s+\.\w+\s+\.align\s+\d+\s+)?(\w+)", m.group(1))
 
 
+def strip_unused_params(ptx: str, kernel_name: str, keep: int) -> tuple[str, int]:
+    """Drop the entry's parameters after the first ``keep`` -> (ptx, number dropped).
+
+    TensorRT's AOT plugin launch passes exactly the declared arguments (inputs, SymInt32 extras,
+    outputs), but Triton appends two scratch pointers (global, profile) to every kernel. A launch
+    with fewer arguments than the entry declares reads past the argument list, so the trailing
+    parameters are removed from the ``.entry`` when nothing in the PTX reads them (``ld.param``);
+    ``RuntimeError`` otherwise.
+    """
+    m = re.search(r"(\.entry\s+" + re.escape(kernel_name) + r"\s*\()(.*?)(\))", ptx, re.S)
+    if not m:
+        raise ValueError(f"PTX has no .entry {kernel_name}")
+    decls = [d for d in m.group(2).split(",") if d.strip()]
+    names = ptx_entry_params(ptx, kernel_name)
+    if len(decls) != len(names) or len(names) < keep:
+        raise RuntimeError(f"PTX entry {kernel_name} has {len(names)} parameters, expected at least {keep}")
+    body = ptx[m.end():]
+    for name in names[keep:]:
+        if re.search(r"\b" + re.escape(name) + r"\b", body):
+            raise RuntimeError(f"PTX entry {kernel_name}: trailing parameter {name} is read by the kernel; "
+                               f"TensorRT's AOT launch cannot pass it")
+    params = ",".join(decls[:keep]).rstrip() + "\n"
+    return ptx[:m.start(2)] + params + ptx[m.start(3):], len(names) - keep
+
+
 def compile_ptx(arch, dtype: str, embed_dim: int, config: TileConfig | None = None,
                 ptx_version: int | None = None):
     """Compile the kernel ahead of time (no GPU needed) -> (kernel_name, ptx, LaunchParams).
 
-    The PTX takes (z, codebook, sqnorm, n_rows:i32, n_codes:i32, indices, codes) followed by Triton's
-    hidden scratch pointers (which must be unused: checked here, and passed as null).
+    The PTX entry takes exactly (z, codebook, sqnorm, n_rows:i32, n_codes:i32, indices, codes), the
+    arguments TensorRT's AOT launch passes: Triton's trailing scratch pointers are stripped
+    (``strip_unused_params``; the metadata check guarantees that no scratch is needed).
+    Raises ``UnsupportedArch`` (a ``ValueError``) for an architecture outside ``SUPPORTED_ARCHS``.
     """
     import triton
     from triton.backends.compiler import GPUTarget
@@ -239,13 +280,11 @@ def compile_ptx(arch, dtype: str, embed_dim: int, config: TileConfig | None = No
     md = compiled.metadata
     name, ptx = md.name, compiled.asm["ptx"]
     check_launch_metadata(md)
-    params = ptx_entry_params(ptx, name)
-    if len(params) < len(PTX_PARAMS):
-        raise RuntimeError(f"compile_ptx: PTX entry has {len(params)} parameters, expected at least {len(PTX_PARAMS)}")
+    ptx, hidden = strip_unused_params(ptx, name, len(PTX_PARAMS))
     lp = LaunchParams(arch=sm, dtype=dtype, embed_dim=embed_dim, block_n=cfg.block_n, block_k=cfg.block_k,
                       block_d=cfg.block_d, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
                       threads_per_block=cfg.num_warps * 32, shared_mem=int(md.shared),
-                      params=PTX_PARAMS, hidden_params=len(params) - len(PTX_PARAMS))
+                      params=PTX_PARAMS, hidden_params=hidden)
     return name, ptx, lp
 
 
@@ -253,14 +292,17 @@ def check_launch_metadata(md) -> None:
     """Raise ``RuntimeError`` unless a compiled kernel can be launched by TensorRT's AOT plugin path.
 
     TensorRT launches the PTX with a plain grid/block/shared-memory triple (``KernelLaunchParams``)
-    and passes null for Triton's trailing scratch pointers, so the kernel must need no global or
-    profile scratch, one CTA per cluster, no cooperative grid, no programmatic dependent launch, no
-    tensor memory and no TMA descriptors, and at most 48 KiB of shared memory (as torch_tensorrt's
-    AOT plugin checks). Every field must be present: a missing one means an untested Triton.
+    and only the declared arguments (no scratch pointers: ``strip_unused_params``), so the kernel
+    must need no global or profile scratch, one CTA per cluster, no cooperative grid, no
+    programmatic dependent launch and no TMA descriptors, and at most 48 KiB of static shared
+    memory. Tensor memory (Blackwell's tcgen05 MMA) is allocated inside the kernel, so it is allowed
+    up to the 512 columns Triton's own launcher allows (``CompiledKernel._init_handles``). These are
+    the fields Triton's own launcher acts on (``backends/nvidia/driver.py``); every field must be
+    present: a missing one means an untested Triton.
     """
     required = {"global_scratch_size": lambda v: v == 0, "profile_scratch_size": lambda v: v == 0,
                 "num_ctas": lambda v: v == 1, "launch_cooperative_grid": lambda v: not v,
-                "launch_pdl": lambda v: not v, "tmem_size": lambda v: not v,
+                "launch_pdl": lambda v: not v, "tmem_size": lambda v: not v or int(v) <= 512,
                 "tensordesc_meta": lambda v: not v, "shared": lambda v: 0 <= int(v) <= MAX_STATIC_SHARED}
     for field, ok in required.items():
         if not hasattr(md, field):
@@ -342,8 +384,8 @@ def ptx_version_for_driver(driver_version: int, arch: int) -> int:
     """PTX ISA to compile for: min(what the driver can JIT, what Triton's ptxas for ``arch`` accepts).
 
     A CUDA 13.0 driver JITs PTX 9.0 but Triton 3.9's ptxas for sm_80 stops at 8.8 ("Unsupported
-    .version 9.0"); the smaller of the two is both assemblable here and loadable there (the cap
-    torch_tensorrt applies). No Triton import (the engine cache key needs this on every load).
+    .version 9.0"); the smaller of the two is both assemblable here and loadable there. No
+    Triton import (the engine cache key needs this on every load).
     """
     return min(driver_ptx_version(driver_version), ptxas_ptx_version(_parse_arch(arch)))
 
