@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from quantart_runtime.tokens import nearest_codes, tie_tolerant_agreement
-from quantart_runtime.util import psnr_uint8
 
 TOKEN_GATE = 0.99
 PSNR_GATE_DB = 30.0
@@ -138,8 +137,11 @@ class Options:
 
 
 def _advanced(options: Options):
-    from nncf.quantization.advanced_parameters import (AdvancedQuantizationParameters, AdvancedSmoothQuantParameters,
-                                                       QuantizationParameters)
+    from nncf.quantization.advanced_parameters import (
+        AdvancedQuantizationParameters,
+        AdvancedSmoothQuantParameters,
+        QuantizationParameters,
+    )
 
     kwargs = {}
     if not options.per_channel:

@@ -23,10 +23,10 @@ quant_conv flips; the verified plan tries it for encoders that fail plain BF16.
 
 Precision ``int8`` reads the INT8 OpenVINO IR that ``quantart-export --int8-calibration DIR`` stored
 and verified (the manifest's ``int8`` section, see ``quantart_export.int8``; both files sha256-checked
-by ``load_manifest``): ``precision="int8"`` runs every graph that has one from it and the others (always
-the SGA + nearest-code graph) in FP32; ``plan={"decoder": "int8"}`` asks per graph. A graph whose IR
-keeps some layers FP32 (NNCF accuracy control) is ``int8-mixed`` in plans; it runs the same way. A model directory without
-that IR (or a plan naming a graph without it) is a one-line ``BackendError``. The non-quantized layers
+by ``load_manifest``): ``precision="int8"`` runs every graph that has one from it and the others
+(always the SGA + nearest-code graph) in FP32; ``plan={"decoder": "int8"}`` asks per graph. A graph whose IR
+keeps some layers FP32 (NNCF accuracy control) is ``int8-mixed`` in plans; it runs the same way.
+A model directory without that IR (or a plan naming a graph without it) is a one-line ``BackendError``. The non-quantized layers
 of an INT8 graph run FP32 (``INFERENCE_PRECISION_HINT`` f32).
 
 BF16 only where the CPU reports it in ``OPTIMIZATION_CAPABILITIES``; elsewhere asking for it is a
