@@ -26,8 +26,8 @@ and verified (the manifest's ``int8`` section, see ``quantart_export.int8``; bot
 by ``load_manifest``): ``precision="int8"`` runs every graph that has one from it and the others
 (always the SGA + nearest-code graph) in FP32; ``plan={"decoder": "int8"}`` asks per graph. A graph whose IR
 keeps some layers FP32 (NNCF accuracy control) is ``int8-mixed`` in plans; it runs the same way.
-A model directory without that IR (or a plan naming a graph without it) is a one-line ``BackendError``. The non-quantized layers
-of an INT8 graph run FP32 (``INFERENCE_PRECISION_HINT`` f32).
+A model directory without that IR (or a plan naming a graph without it) is a one-line ``BackendError``.
+The non-quantized layers of an INT8 graph run FP32 (``INFERENCE_PRECISION_HINT`` f32).
 
 BF16 only where the CPU reports it in ``OPTIMIZATION_CAPABILITIES``; elsewhere asking for it is a
 one-line ``BackendError``. The capability list can be passed in (``capabilities=[...]``) so that a
