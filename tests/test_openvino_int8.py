@@ -50,6 +50,7 @@ def _manifest(model_dir):
     return json.loads((model_dir / "manifest.json").read_text())
 
 
+@pytest.mark.slow   # NNCF accuracy control ranks every quantizer group (minutes on 2 cores)
 def test_export_quantizes_gates_and_records_each_graph(int8_export):
     from quantart_runtime.util import sha256_file
 
@@ -83,6 +84,7 @@ def test_export_quantizes_gates_and_records_each_graph(int8_export):
     assert "decoder" in gate["verified"]    # the tiny model's decoder stays above 30 dB
 
 
+@pytest.mark.slow   # NNCF accuracy control ranks every quantizer group (minutes on 2 cores)
 def test_runner_int8_runs_the_stored_ir(int8_export):
     from quantart_runtime.backends.openvino import OpenVINORunner
     from quantart_runtime.manifest import load_manifest
@@ -104,6 +106,7 @@ def test_runner_int8_runs_the_stored_ir(int8_export):
     assert psnr_uint8(ours, ref["image"]) >= 30.0
 
 
+@pytest.mark.slow   # NNCF accuracy control ranks every quantizer group (minutes on 2 cores)
 def test_altered_int8_ir_is_refused(int8_export, tmp_path):
     from quantart_runtime import ModelError
     from quantart_runtime.manifest import int8_digests, load_manifest
@@ -128,6 +131,7 @@ def test_altered_int8_ir_is_refused(int8_export, tmp_path):
     assert len(set(key)) == 3
 
 
+@pytest.mark.slow   # NNCF accuracy control ranks every quantizer group (minutes on 2 cores)
 def test_missing_int8_ir_is_a_one_line_error(model_dir, int8_export):
     from quantart.cli import main
     from quantart_runtime import BackendError, Stylizer
@@ -146,6 +150,7 @@ def test_missing_int8_ir_is_a_one_line_error(model_dir, int8_export):
     assert result.exit_code == 2 and "has no INT8 IR" in result.output
 
 
+@pytest.mark.slow   # NNCF accuracy control ranks every quantizer group (minutes on 2 cores)
 def test_plan_has_int8_only_where_verified(int8_export, tmp_path, monkeypatch):
     import openvino as ov
 
@@ -203,6 +208,7 @@ def test_bad_calibration_input_is_one_line(tmp_path, data_dir):
     assert result.exit_code == 2 and "use --precision fp32 or both" in result.output
 
 
+@pytest.mark.slow   # NNCF accuracy control ranks every quantizer group (minutes on 2 cores)
 def test_bench_int8_row_needs_the_ir(model_dir, int8_export):
     from quantart_benchmarks.runtime_backends import availability
 
@@ -235,6 +241,7 @@ def test_calibration_split_is_disjoint_and_deterministic(calibration_dir, tmp_pa
         split_images([files[0], tmp_path / "same_bytes.jpg"])
 
 
+@pytest.mark.slow   # NNCF accuracy control ranks every quantizer group (minutes on 2 cores)
 def test_graph_forced_to_fail_the_gate_stays_fp32(tmp_path, calibration_dir, data_dir, monkeypatch):
     _needs_nncf()
     from quantart_export import int8_accuracy
