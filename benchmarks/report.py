@@ -7,7 +7,8 @@ import json
 from quantart_runtime.util.atomic import write_text
 
 BACKEND_ORDER = ("torch-fp32", "torch-fp16", "torch-bf16", "torch-compile", "ort-cpu", "ort-cuda", "ort-trt",
-                 "tensorrt-fp16", "openvino-fp32", "openvino-bf16", "openvino-plan", "openvino-int8")
+                 "tensorrt-fp16", "openvino-fp32", "openvino-bf16", "openvino-plan", "openvino-int8",
+                 "openvino-int8-mixed")
 PARTS = ("content_encoder", "style_encoder", "sga", "decoder", "pre_post")
 PART_LABELS = {"content_encoder": "content enc", "style_encoder": "style enc", "sga": "SGA",
                "decoder": "decoder", "pre_post": "pre/post"}

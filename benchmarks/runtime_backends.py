@@ -1,8 +1,10 @@
 """The exported-model backends under test, driven through quantart_runtime (no torch here):
 ONNX Runtime CPU, ONNX Runtime CUDA, ONNX Runtime's TensorRT provider, native TensorRT FP16, and
 OpenVINO on the CPU: FP32, every graph BF16 (forced, not verified), the verified precision plan
-(``quantart verify``; verified once on this CPU, then cached) and INT8 (the NNCF INT8 IR that
-``quantart-export --int8-calibration`` stored and gated; graphs without one run FP32).
+(``quantart verify``; verified once on this CPU, then cached), INT8 (the NNCF INT8 IR that
+``quantart-export --int8-calibration`` stored and gated; graphs without one run FP32) and
+``openvino-int8-mixed``: the verified INT8 plan (``quantart verify --precision int8``: ``int8`` /
+``int8-mixed`` where the stored IR passes on this CPU, the rest FP32).
 
 Same bench interface as torch_backends.TorchBench (see worker.py)."""
 from __future__ import annotations
@@ -25,6 +27,7 @@ RUNTIME_BACKENDS = {
     "openvino-bf16": ("openvino", None, "bf16"),
     "openvino-plan": ("openvino", None, "plan"),
     "openvino-int8": ("openvino", None, "int8"),
+    "openvino-int8-mixed": ("openvino", None, "int8-plan"),
 }
 
 
@@ -74,7 +77,7 @@ def _openvino_availability(precision: str, manifest: dict | None) -> tuple[bool,
         return False, f"{type(exc).__name__}: {exc}"
     if not ok:
         return False, reason
-    if precision == "int8":
+    if precision in ("int8", "int8-plan"):
         graphs = sorted(((manifest or {}).get("int8") or {}).get("graphs") or {})
         if manifest is not None and not graphs:
             return False, ("the model directory has no verified INT8 IR "
@@ -108,10 +111,10 @@ class RuntimeBench:
 
         if self.backend == "openvino":
             options = {}
-            if self.precision == "plan":
+            if self.precision in ("plan", "int8-plan"):
                 from quantart_runtime.verify import plan_for
 
-                result = plan_for(self.model_dir, "openvino", "bf16")
+                result = plan_for(self.model_dir, "openvino", "bf16" if self.precision == "plan" else "int8")
                 options = {"plan": result.plan}
                 precision = None
             else:

@@ -80,13 +80,17 @@ def _thresholds(_ctx, _param, values):
               help="Override a verification threshold (fp32_latent_max_abs, fp32_token_agreement, "
                    "fp32_psnr_db, fp16_token_agreement, fp16_psnr_db).")
 @click.option("--int8-calibration", "int8_calibration", metavar="DIR", default=None,
-              help="Also write INT8 OpenVINO IR of the encoders and decoder (NNCF post-training quantization "
-                   "calibrated on the images in DIR, needs quantart[int8]); each is kept only if it passes the "
-                   "precision gate (tokens >= 99 %, PSNR >= 30 dB).")
+              help="Also write INT8 OpenVINO IR of the encoders and decoder (NNCF accuracy control: DIR is split, "
+                   "seeded, into calibration and held-out validation images; the most sensitive layers go back "
+                   "to FP32 until tokens >= 99 % / PSNR >= 30 dB; needs quantart[int8]); each is kept only if "
+                   "it also passes the precision gate on the stored references.")
+@click.option("--int8-max-fp32-layers", "int8_max_fp32_layers", type=int, default=None, metavar="N",
+              help="With --int8-calibration: at most N layers (quantizer groups) per graph that NNCF accuracy "
+                   "control may revert to FP32 before the graph is given up (default 12).")
 @click.option("--trust-checkpoint", is_flag=True, help="Allow arbitrary unpickling (only for trusted files).")
 @click.option("--force", is_flag=True, help="Replace DIR if it exists.")
 def main(checkpoint, out_dir, config, precision, opset, min_res, opt_res, max_res, max_batch, verify, verify_res,
-         thresholds, int8_calibration, trust_checkpoint, force):
+         thresholds, int8_calibration, int8_max_fp32_layers, trust_checkpoint, force):
     """Export CKPT (Stage 1 VQGAN or Stage 2 QuantArt, any format quantart.load_model reads) to ONNX:
     content_encoder, style_encoder, sga and decoder graphs (Stage 1: encoder and decoder) and manifest.json."""
     from .pipeline import ExportError, VerificationError, export_model
@@ -99,6 +103,7 @@ def main(checkpoint, out_dir, config, precision, opset, min_res, opt_res, max_re
                             min_res=min_res, opt_res=opt_res, max_res=max_res, max_batch=max_batch,
                             verify=verify, force=force, trust=trust_checkpoint, verify_res=verify_res,
                             thresholds=thresholds or None, int8_calibration=int8_calibration,
+                            int8_max_fp32_layers=int8_max_fp32_layers,
                             log=lambda msg: click.echo(msg, err=True),
                             report=click.echo)
     except ExportError as exc:

@@ -1,31 +1,42 @@
-"""INT8 graphs for the OpenVINO CPU runner: post-training quantization with NNCF, gated by verification.
+"""INT8 graphs for the OpenVINO CPU runner: NNCF accuracy control layer by layer, gated by verification.
 
 ``quantart-export ... --int8-calibration DIR`` runs this after the ONNX graphs and the verification
 references are written (see ``quantart_export.pipeline``):
 
-1. The user's images in DIR (at most ``MAX_CALIBRATION_IMAGES``, centre-cropped and resized to the
-   profile's ``opt_res``, the serving size) go through the exported FP32 graphs in OpenVINO: the images
-   calibrate the content and style encoders; content i with style i+1 through the SGA graph gives the
-   stylized latents that calibrate the decoder.
-2. NNCF (``nncf.quantize``, the ``MIXED`` preset: symmetric weights, asymmetric activations, since
-   GroupNorm/SiLU outputs are not centred) quantizes each encoder and the decoder read from its ONNX
-   file; the nearest-code subgraph inside the style encoder (distance MatMul, ArgMin, code Gather) is
-   left out (``ignored_scope``), and the SGA + nearest-code graph stays FP32 (``NOT_QUANTIZED``): a
-   token is an argmin over near-tied distances, which INT8 scores flip.
-3. Each quantized model is saved as OpenVINO IR beside the ONNX graphs (``<graph>.int8.xml`` + ``.bin``)
-   and listed, with both files' sha256, under the manifest's ``int8`` section.
+1. The images in DIR are split, seeded and by content, into disjoint calibration and held-out
+   validation sets (``quantart_export.int8_data``); calibration images also give a mirror and a random
+   crop each. All are centre-cropped and resized to the profile's ``opt_res`` (the serving size) and go
+   through the exported FP32 graphs in OpenVINO: images feed the encoders; content i with style i+1
+   (within each set) through the SGA graph gives the stylized latents that feed the decoder. The stored
+   verification references never calibrate (only the content codebook, a weight, is read from them).
+2. NNCF ``quantize_with_accuracy_control`` (the ``MIXED`` preset: symmetric weights, asymmetric
+   activations, since GroupNorm/SiLU outputs are not centred) quantizes each encoder and the decoder
+   read from its ONNX file, judged on the validation set by our gate (``quantart_export.int8_accuracy``:
+   tokens ≥ 99 % with near-ties forgiven, PSNR ≥ 30 dB, against the FP32 graph) and reverts the most
+   sensitive layers to FP32 until the graph passes or ``--int8-max-fp32-layers`` layers are reverted.
+   The nearest-code subgraph inside the style encoder (distance MatMul, ArgMin, code Gather) is left out
+   (``ignored_scope``), and the SGA + nearest-code graph stays FP32 (``NOT_QUANTIZED``): a token is an
+   argmin over near-tied distances, which INT8 scores flip.
+3. Each graph that passes is saved as OpenVINO IR beside the ONNX graphs (``<graph>.int8.xml`` + ``.bin``)
+   and listed, with both files' sha256, under the manifest's ``int8`` section; its precision is
+   ``int8-mixed`` when layers were reverted, else ``int8``. A graph that cannot pass stays FP32.
 4. The same verification as ``quantart verify`` (``quantart_runtime.verify.verify_model`` with precision
-   ``int8``: each graph fed the FP32 references, token agreement ≥ 99 %, image PSNR ≥ 30 dB, then the
-   chain) judges them. A graph that fails is not used: its IR files are removed and the manifest's
-   ``int8.gate`` records it as failed with its checks.
+   ``int8``: each graph fed the stored FP32 references, then the chain) judges them. A graph that fails
+   is not used: its IR files are removed and the manifest's ``int8.gate`` records it as failed.
 
 Manifest section (absent without --int8-calibration)::
 
-    "int8": {"graphs": {graph: {"file", "sha256", "weights", "weights_sha256", "precision": "int8",
+    "int8": {"graphs": {graph: {"file", "sha256", "weights", "weights_sha256",
+                                "precision": "int8" | "int8-mixed", "fp32_layers": [...],
                                 "inputs", "outputs"}},          # verified graphs only
+             "accuracy_control": {graph: {"metric", "value", "gate", "passed", "fp32_layers",
+                                          "fp32_layer_limit", "int8_layers", "fp32_by_design",
+                                          "sensitivity": [{"metric", "layers"}, ...]}},   # every graph
              "gate": {"verified": [...], "failed": [...], "not_quantized": {graph: why},
                       "checks": [...], "reason": "..."},
-             "calibration": {"images", "resolution", "preset", "nncf", "openvino"}}
+             "calibration": {"seed", "calibration_images", "validation_images", "calibration_sha256",
+                             "validation_sha256", "calibration_samples", "augmentation", "resolution",
+                             "preset", "max_fp32_layers", "nncf", "openvino", ...}}
 """
 from __future__ import annotations
 
@@ -45,8 +56,9 @@ from .manifest import _version
 
 QUANTIZED = ("content_encoder", "style_encoder", "decoder")
 NOT_QUANTIZED = {"sga": "the SGA + nearest-code graph stays FP32 (INT8 distance scores flip near-tied tokens)"}
-MAX_CALIBRATION_IMAGES = 32
+MAX_IMAGES = 64     # files read from the folder (sorted) before the split
 PRESET = "mixed"
+MIXED = "int8-mixed"
 
 
 def int8_file(graph: str) -> str:
@@ -59,7 +71,7 @@ def _error(message: str):
 
 
 def check_int8_setup(calibration_dir, kind: str) -> list[Path]:
-    """The calibration image files of ``calibration_dir`` (sorted, at most ``MAX_CALIBRATION_IMAGES``).
+    """The image files of ``calibration_dir`` (sorted, at most ``MAX_IMAGES``).
 
     Raises ``ExportError`` (one line) before any work when NNCF or OpenVINO is missing, the model is not
     a Stage 2 model, or the directory is missing or holds no image files.
@@ -77,28 +89,7 @@ def check_int8_setup(calibration_dir, kind: str) -> list[Path]:
     files = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
     if not files:
         raise _error(f"--int8-calibration {root}: holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
-    return files[:MAX_CALIBRATION_IMAGES]
-
-
-def load_calibration_images(files, size: int) -> np.ndarray:
-    """(N, size, size, 3) uint8: each readable image as RGB, centre-cropped square and resized (bicubic).
-
-    Unreadable files are skipped; raises ``ExportError`` when none can be read.
-    """
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    out, bad = [], []
-    for path in files:
-        try:
-            with Image.open(path) as im:
-                im = ImageOps.exif_transpose(im).convert("RGB")
-                out.append(np.asarray(ImageOps.fit(im, (size, size), Image.Resampling.BICUBIC), dtype=np.uint8))
-        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
-            bad.append(path.name)
-    if not out:
-        raise _error(f"--int8-calibration: none of the {len(files)} image files can be read "
-                     f"(first: {bad[0]})")
-    return np.stack(out)
+    return files[:MAX_IMAGES]
 
 
 def calibration_samples(core, directory: Path, manifest: dict, images: np.ndarray) -> dict[str, list[dict]]:
@@ -125,7 +116,7 @@ def calibration_samples(core, directory: Path, manifest: dict, images: np.ndarra
 
 def quantize_graph(core, onnx_path: Path, samples: list[dict]):
     """The NNCF-quantized ``ov.Model`` of one ONNX graph, calibrated on ``samples`` (its feeds); the
-    nearest-code subgraph (if any) is kept out of quantization."""
+    nearest-code subgraph (if any) is kept out of quantization. Blanket INT8, no accuracy control."""
     import nncf
 
     from quantart_runtime.backends.openvino import pinned_nodes
@@ -138,20 +129,59 @@ def quantize_graph(core, onnx_path: Path, samples: list[dict]):
                              subset_size=len(samples), fast_bias_correction=True, ignored_scope=scope)
 
 
-def _entry(directory: Path, graph: str, fp32_entry: dict) -> dict:
+def _entry(directory: Path, graph: str, fp32_entry: dict, precision: str = "int8") -> dict:
     from quantart_runtime.util import sha256_file
 
     xml = directory / int8_file(graph)
     return {"file": xml.name, "sha256": sha256_file(xml), "weights": xml.with_suffix(".bin").name,
-            "weights_sha256": sha256_file(xml.with_suffix(".bin")), "precision": "int8",
+            "weights_sha256": sha256_file(xml.with_suffix(".bin")), "precision": precision,
             "inputs": fp32_entry.get("inputs", []), "outputs": fp32_entry.get("outputs", [])}
 
 
-def quantize_int8(directory: Path, manifest: dict, files, log=lambda _m: None) -> dict:
-    """Quantize ``QUANTIZED`` graphs of the model in ``directory`` and save their IR; no gate.
+def _content_codebook(directory: Path, manifest: dict) -> np.ndarray:
+    """The content codebook (a model weight) from the stored verification data; nothing else of the
+    references is read here (they never calibrate)."""
+    from quantart_runtime.verify import load_references
 
-    ``manifest``: the model's manifest (FP32 graphs already in ``directory``); ``files``: calibration
-    images from ``check_int8_setup``. Returns the ``int8`` section with every quantized graph listed
+    return load_references(directory, manifest)[0]["content_codebook"]
+
+
+def accuracy_controlled(core, directory: Path, manifest: dict, graph: str, calibration: list[dict],
+                        validation: list[dict], codebook, options=None) -> dict:
+    """Accuracy-controlled INT8 of one exported graph (``quantart_export.int8_accuracy``): the result of
+    ``quantize_accurate`` with ``reverted`` (the layers accuracy control put back to FP32) and
+    ``fp32_by_design`` (layers NNCF never quantizes, plus the nearest-code subgraph)."""
+    from quantart_runtime.backends.openvino import pinned_nodes
+
+    from .int8_accuracy import GraphGate, fp32_outputs, quantize_accurate
+
+    model = core.read_model(str(directory / manifest["graphs"]["fp32"][graph]["file"]))
+    code = pinned_nodes(model, ("code",))
+    gate = GraphGate(graph, fp32_outputs(core, model, graph, validation),
+                     codebook if graph == "content_encoder" else None)
+    result = quantize_accurate(core, model, graph, calibration, validation, gate, code, options)
+    candidates = {op for r in result["ranking_all"] for op in r[1]}
+    result["reverted"] = [op for op in result["fp32_layers"] if op in candidates]
+    result["fp32_by_design"] = len(result["fp32_layers"]) - len(result["reverted"]) + len(code)
+    result["metric"], result["gate"] = gate.metric, gate.gate
+    return result
+
+
+def _record(result: dict, limit: int) -> dict:
+    return {"metric": result["metric"], "value": result["value"], "gate": result["gate"],
+            "passed": result["passed"], "fp32_layers": result["reverted"], "fp32_layer_limit": limit,
+            "int8_layers": len(result["int8_layers"]), "fp32_by_design": result["fp32_by_design"],
+            "sensitivity": result["ranking"]}
+
+
+def quantize_int8(directory: Path, manifest: dict, files, log=lambda _m: None,
+                  max_fp32_layers: int | None = None) -> dict:
+    """Accuracy-controlled INT8 of the ``QUANTIZED`` graphs of the model in ``directory``; saves the IR of
+    each graph that meets its gate on the validation images; no reference gate yet.
+
+    ``manifest``: the model's manifest (FP32 graphs and verification data already in ``directory``);
+    ``files``: the user's images (``check_int8_setup``), split into calibration and validation
+    (``quantart_export.int8_data``). Returns the ``int8`` section with every passing graph listed
     (``gate_int8`` then keeps the verified ones). Raises ``ExportError`` when quantization fails.
     """
     import time
@@ -161,25 +191,45 @@ def quantize_int8(directory: Path, manifest: dict, files, log=lambda _m: None) -
 
     from quantart_runtime.util import one_line
 
+    from .int8_accuracy import MAX_FP32_LAYERS, Options
+    from .int8_data import AUGMENT_VIEWS, load_images, split_images
+
+    limit = MAX_FP32_LAYERS if max_fp32_layers is None else int(max_fp32_layers)
     nncf.set_log_level(logging.ERROR)
     size = int(manifest["profile"]["opt_res"])
-    images = load_calibration_images(files, size)
+    split = split_images(files)
+    calibration_images = load_images(split.calibration, size, augment=True, seed=split.seed)
+    validation_images = load_images(split.validation, size)
+    log(f"INT8: {len(split.calibration)} calibration images ({len(calibration_images)} with flips and crops) and "
+        f"{len(split.validation)} held-out validation images at {size}² (seed {split.seed}, disjoint)")
     core = ov.Core()
     t0 = time.perf_counter()
-    samples = calibration_samples(core, directory, manifest, images)
-    graphs = {}
+    calibration = calibration_samples(core, directory, manifest, calibration_images)
+    validation = calibration_samples(core, directory, manifest, validation_images)
+    codebook = _content_codebook(directory, manifest)
+    graphs, records = {}, {}
     for graph in QUANTIZED:
+        t1 = time.perf_counter()
         try:
-            quantized = quantize_graph(core, directory / manifest["graphs"]["fp32"][graph]["file"], samples[graph])
+            result = accuracy_controlled(core, directory, manifest, graph, calibration[graph], validation[graph],
+                                         codebook, Options(max_fp32_layers=limit))
         except Exception as exc:   # NNCF raises many types; one line, nothing written
             raise _error(f"INT8 quantization of {graph} failed: {one_line(exc)}") from None
-        ov.save_model(quantized, str(directory / int8_file(graph)), compress_to_fp16=False)
-        graphs[graph] = _entry(directory, graph, manifest["graphs"]["fp32"][graph])
-    log(f"quantized {', '.join(QUANTIZED)} to INT8 (NNCF, {len(images)} images at {size}²) "
-        f"in {time.perf_counter() - t0:.1f} s")
-    return {"graphs": graphs,
-            "calibration": {"images": int(len(images)), "resolution": f"{size}x{size}", "preset": PRESET,
-                            "nncf": _version("nncf"), "openvino": _version("openvino")}}
+        records[graph] = _record(result, limit)
+        precision = MIXED if result["reverted"] else "int8"
+        log(f"INT8 {graph}: {result['metric']} {result['value']:.4g} (gate {result['gate']:g}) with "
+            f"{len(result['reverted'])} layers FP32 in {time.perf_counter() - t1:.0f} s"
+            + ("" if result["passed"] else f" -- fails within the limit of {limit}, stays FP32"))
+        if not result["passed"]:
+            continue
+        ov.save_model(result["model"], str(directory / int8_file(graph)), compress_to_fp16=False)
+        graphs[graph] = {**_entry(directory, graph, manifest["graphs"]["fp32"][graph], precision),
+                         "fp32_layers": result["reverted"]}
+    log(f"INT8 accuracy control of {', '.join(QUANTIZED)} in {time.perf_counter() - t0:.1f} s")
+    return {"graphs": graphs, "accuracy_control": records,
+            "calibration": {**split.record(), "calibration_samples": int(len(calibration_images)),
+                            "augmentation": list(AUGMENT_VIEWS), "resolution": f"{size}x{size}", "preset": PRESET,
+                            "max_fp32_layers": limit, "nncf": _version("nncf"), "openvino": _version("openvino")}}
 
 
 def gate_int8(directory: Path, manifest: dict, section: dict, log=lambda _m: None) -> dict:
@@ -187,25 +237,28 @@ def gate_int8(directory: Path, manifest: dict, section: dict, log=lambda _m: Non
     section with only the verified graphs listed and ``gate`` recording every verdict. Writes
     ``manifest.json`` (provisionally, for the verification) and removes failed graphs' IR files."""
     from quantart_runtime.util import write_json
-    from quantart_runtime.verify import verify_model
+    from quantart_runtime.verify import INT8_PRECISIONS, PlanResult, verify_model
 
-    write_json(directory / "manifest.json", {**manifest, "int8": section})
-    result = verify_model(directory, "openvino", "int8", cache_dir=False)
-    quantized = [g for g in QUANTIZED if g in section["graphs"]]
-    verified = [g for g in quantized if result.plan.get(g) == "int8"]
-    failed = [g for g in quantized if g not in verified]
+    if section["graphs"]:
+        write_json(directory / "manifest.json", {**manifest, "int8": section})
+        result = verify_model(directory, "openvino", "int8", cache_dir=False)
+    else:
+        result = PlanResult("openvino", "int8", {}, reason="no graph passed accuracy control")
+    verified = [g for g in QUANTIZED if g in section["graphs"] and result.plan.get(g) in INT8_PRECISIONS]
+    failed = [g for g in QUANTIZED if g not in verified]
     for graph in failed:
         for path in (directory / int8_file(graph), (directory / int8_file(graph)).with_suffix(".bin")):
             path.unlink(missing_ok=True)
     gated = {**section, "graphs": {g: section["graphs"][g] for g in verified}}
     gated["gate"] = {"verified": verified, "failed": failed, "not_quantized": dict(NOT_QUANTIZED),
                      "checks": [c.as_dict() for c in result.checks], "reason": result.reason}
-    log(f"INT8 gate: {', '.join(verified) or 'no graph'} verified"
-        + (f"; {', '.join(failed)} failed (not used)" if failed else ""))
+    log(f"INT8 gate: {', '.join(f'{g} ' + section['graphs'][g]['precision'] for g in verified) or 'no graph'} "
+        f"verified" + (f"; {', '.join(failed)} failed (stay fp32)" if failed else ""))
     return json.loads(json.dumps(gated))
 
 
-def build_int8(directory: Path, manifest: dict, files, log=lambda _m: None) -> dict:
+def build_int8(directory: Path, manifest: dict, files, log=lambda _m: None, max_fp32_layers: int | None = None) -> dict:
     """``quantize_int8`` then ``gate_int8``: the ``int8`` manifest section of the model being written in
     ``directory`` (see the module docstring). Raises ``ExportError`` when calibration fails."""
-    return gate_int8(directory, manifest, quantize_int8(directory, manifest, files, log), log)
+    section = quantize_int8(directory, manifest, files, log, max_fp32_layers)
+    return gate_int8(directory, manifest, section, log)

@@ -165,7 +165,7 @@ def export_model(checkpoint, out_dir=None, config=None, precision: str = "fp32",
                  min_res: int | None = None, opt_res: int | None = None, max_res: int | None = None,
                  max_batch: int | None = None, verify: bool = True, force: bool = False, trust: bool = False,
                  verify_res=None, thresholds: dict | None = None, int8_calibration=None,
-                 log: Callable[[str], None] | None = None,
+                 int8_max_fp32_layers: int | None = None, log: Callable[[str], None] | None = None,
                  report: Callable[[str], None] | None = None) -> Path:
     """Export a QuantArt checkpoint (anything quantart.load_model reads) to an ONNX model directory.
 
@@ -175,7 +175,9 @@ def export_model(checkpoint, out_dir=None, config=None, precision: str = "fp32",
     verification (default 128x128 and 96x128); `thresholds` overrides verify.DEFAULT_THRESHOLDS keys;
     `log` receives progress lines, `report` the verification table (default: `log`).
     `int8_calibration`: a directory of images; also write NNCF INT8 OpenVINO IR of the encoders and the
-    decoder calibrated on them, each kept only when it passes the precision gate (``quantart_export.int8``).
+    decoder from NNCF accuracy control on them (calibration and held-out validation split from the folder;
+    at most ``int8_max_fp32_layers`` layers reverted to FP32 per graph), each kept only when it passes the
+    precision gate (``quantart_export.int8``).
     """
     log = log or (lambda _msg: None)
     report = report or log
@@ -210,6 +212,8 @@ def export_model(checkpoint, out_dir=None, config=None, precision: str = "fp32",
         from .int8 import check_int8_setup
 
         calibration_files = check_int8_setup(int8_calibration, model.config["kind"])
+        if int8_max_fp32_layers is not None and int(int8_max_fp32_layers) < 0:
+            raise ExportError(f"--int8-max-fp32-layers must be 0 or more, got {int8_max_fp32_layers}")
         if "fp32" not in precisions:
             raise ExportError("--int8-calibration quantizes the FP32 graphs: use --precision fp32 or both")
 
@@ -250,7 +254,7 @@ def export_model(checkpoint, out_dir=None, config=None, precision: str = "fp32",
         if calibration_files is not None:
             from .int8 import build_int8
 
-            manifest["int8"] = build_int8(tmp, manifest, calibration_files, log)
+            manifest["int8"] = build_int8(tmp, manifest, calibration_files, log, int8_max_fp32_layers)
         write_manifest(tmp, manifest)
         _move_into_place(tmp, out_dir)
     except BaseException:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from quantart_runtime.tokens import TIE_REL, tie_tolerant_agreement  # noqa: F401  (shared with the runtime gate)
 from quantart_runtime.util import psnr_unit
 
 DEFAULT_THRESHOLDS = {
@@ -87,30 +88,6 @@ def sample_images(height: int, width: int, samples_dir: Path = SAMPLES_DIR) -> t
 def agreement(a: np.ndarray, b: np.ndarray) -> float:
     """Fraction (0..1) of equal elements of ``a`` and ``b`` (token agreement)."""
     return float(np.mean(a == b))
-
-
-TIE_REL = 1e-5  # a near-tie: the two codes' squared distances differ by ≤ TIE_REL · (‖z‖² + ‖e‖²)
-
-
-def tie_tolerant_agreement(ours: np.ndarray, ref: np.ndarray, latent: np.ndarray, codebook: np.ndarray,
-                           rel: float = TIE_REL) -> tuple[float, int, float]:
-    """Token agreement that forgives near-ties.
-
-    A token that differs from the reference still agrees when it is a near-tie. For the reference's
-    continuous latent z (``latent``: B, D, h, w), the two codes' squared distances differ by at most
-    ``rel`` · (‖z‖² + ‖e_ref‖²). FP32 rounding, in torch or in ONNX Runtime, may break such a tie either way.
-    ``ours`` / ``ref``: token indices (B, h, w); ``codebook``: (n_codes, D).
-    Returns (agreement 0..1, near-ties forgiven, the largest relative gap among the differing tokens).
-    """
-    same = ours == ref
-    if same.all():
-        return 1.0, 0, 0.0
-    z = latent.transpose(0, 2, 3, 1)[~same].astype(np.float64)
-    e = codebook.astype(np.float64)
-    e_ours, e_ref = e[ours[~same]], e[ref[~same]]
-    gap = np.abs(((z - e_ours) ** 2).sum(1) - ((z - e_ref) ** 2).sum(1)) / ((z ** 2).sum(1) + (e_ref ** 2).sum(1))
-    ties = int((gap <= rel).sum())
-    return float((same.sum() + ties) / same.size), ties, float(gap.max())
 
 
 def max_abs(a: np.ndarray, b: np.ndarray, where: np.ndarray | None = None) -> float:

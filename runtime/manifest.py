@@ -12,8 +12,8 @@ from pathlib import Path
 from .errors import ModelError
 from .util.digest import sha256_file
 
-__all__ = ["GRAPHS", "PRECISIONS", "SUPPORTED_FORMAT_VERSIONS", "graph_names", "graph_path", "load_manifest",
-           "sha256_file", "verified_digests"]
+__all__ = ["GRAPHS", "PRECISIONS", "SUPPORTED_FORMAT_VERSIONS", "graph_names", "graph_path", "int8_digests",
+           "load_manifest", "sha256_file", "verified_digests"]
 
 SUPPORTED_FORMAT_VERSIONS = (1,)
 PRECISIONS = ("fp32", "fp16")
@@ -34,7 +34,9 @@ def load_manifest(model_dir, precision: str | None = "fp32", verify: bool = True
     """Parse and validate ``model_dir/manifest.json``; return it as a dict.
 
     ``precision``: the graph set that will be used ("fp32" or "fp16"); its graphs must be listed and
-    present (and, with ``verify``, match their sha256). ``None`` checks every precision listed.
+    present (and, with ``verify``, match their sha256). ``None`` checks every precision listed. With
+    ``verify`` and the FP32 graphs (or ``None``), the INT8 IR files of the ``int8`` section
+    (``quantart-export --int8-calibration``) are checked the same way.
     Each file is hashed once; the digests are kept under the manifest's private ``"_sha256"`` key
     ({file name: sha256}, see ``verified_digests``) so later steps (the TensorRT engine cache key)
     do not hash the files again. Raises ``ModelError`` with a one-line reason.
@@ -104,8 +106,52 @@ def load_manifest(model_dir, precision: str | None = "fp32", verify: bool = True
                 if actual != expected.lower():
                     raise ModelError(f"{where}: {entry['file']} does not match its sha256 in manifest.json "
                                      f"(corrupt or modified file; re-export the model)")
+    if verify and precision in (None, "fp32"):
+        digests.update(_check_int8(root, manifest, where))
     manifest["_sha256"] = digests
     return manifest
+
+
+_INT8_FILES = (("file", "sha256"), ("weights", "weights_sha256"))
+
+
+def _int8_entries(manifest: dict) -> dict:
+    graphs = (manifest.get("int8") or {}).get("graphs") if isinstance(manifest.get("int8"), dict) else None
+    return graphs if isinstance(graphs, dict) else {}
+
+
+def _check_int8(root: Path, manifest: dict, where: str) -> dict[str, str]:
+    """The INT8 IR files the manifest's ``int8.graphs`` lists (``quantart_export.int8``), checked like the
+    graph files: plain names, present, sha256 as listed. Returns {file name: sha256}."""
+    digests = {}
+    for graph, entry in _int8_entries(manifest).items():
+        if not isinstance(entry, dict):
+            raise ModelError(f"{where}: manifest int8 entry of {graph!r} must be an object")
+        for key, digest_key in _INT8_FILES:
+            name = entry.get(key)
+            if not isinstance(name, str) or not name or Path(name).is_absolute() or ".." in Path(name).parts:
+                raise ModelError(f"{where}: INT8 file {name!r} of {graph} must be a plain name inside the directory")
+            if not (root / name).is_file():
+                raise ModelError(f"{where}: INT8 file {name} of {graph} is missing")
+            actual = sha256_file(root / name)
+            if actual != str(entry.get(digest_key, "")).lower():
+                raise ModelError(f"{where}: {name} does not match its sha256 in manifest.json "
+                                 f"(corrupt or modified file; re-export the model)")
+            digests[name] = actual
+    return digests
+
+
+def int8_digests(model_dir, manifest: dict) -> dict[str, str]:
+    """{file name: sha256 on disk} of the INT8 IR files the manifest lists (a missing file: ``"missing"``);
+    empty for a model without INT8 IR. The precision plan cache keys on these."""
+    root = Path(model_dir)
+    out = {}
+    for entry in _int8_entries(manifest).values():
+        for key, _ in _INT8_FILES:
+            name = entry.get(key) if isinstance(entry, dict) else None
+            if isinstance(name, str) and name and not Path(name).is_absolute() and ".." not in Path(name).parts:
+                out[name] = sha256_file(root / name) if (root / name).is_file() else "missing"
+    return out
 
 
 def verified_digests(manifest: dict) -> dict[str, str]:

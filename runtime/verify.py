@@ -6,7 +6,8 @@ them through a backend at a precision and judges
 
 * each graph, fed the FP32 reference inputs (as export verification does):
   content_encoder: its content tokens (nearest codes of the stored content codebook, computed here in
-  float64, as the export verification's quantize_enc tokens); style_encoder: its tokens; sga: its
+  float64, as the export verification's quantize_enc tokens; a differing token that is a near-tie for
+  the reference latent agrees, ``quantart_runtime.tokens``); style_encoder: its tokens; sga: its
   tokens; decoder: the uint8 image PSNR;
 * the whole chain with the resulting plan (content -> sga with the plan's style latent -> decoder):
   tokens and image PSNR.
@@ -20,7 +21,10 @@ chain fallback a BF16 encoder first goes to ``bf16-tail``, then to FP32. Precisi
 ``int8`` (OpenVINO) judges only the graphs with an INT8 IR in the model directory (``quantart-export
 --int8-calibration``, see ``quantart_export.int8``); the others stay FP32 in its plan.
 
-Plans are cached as JSON per (model manifest sha256, backend, precision, CPU model) in
+Precision ``int8`` labels each passing graph by its IR: ``int8`` (every layer quantized) or ``int8-mixed``
+(accuracy control kept some layers FP32).
+
+Plans are cached as JSON per (model manifest sha256 and its INT8 files' sha256, backend, precision, CPU model) in
 ``$XDG_CACHE_HOME/quantart/plans`` (default ``~/.cache/quantart/plans``); ``plan_for`` reads the
 cache or verifies once.
 """
@@ -37,8 +41,9 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ModelError
-from .manifest import graph_names, load_manifest
+from .manifest import graph_names, int8_digests, load_manifest
 from .memory import Geometry, SizePolicy, resolve_budget
+from .tokens import nearest_codes, tie_tolerant_agreement
 from .util import psnr_uint8, sha256_bytes, sha256_file, write_json
 
 TOKEN_GATE = 0.99
@@ -47,6 +52,8 @@ STAGE2_GRAPHS = ("content_encoder", "style_encoder", "sga", "decoder")
 FALLBACK_ORDER = ("content_encoder", "style_encoder", "sga", "decoder")  # demoted first .. last
 TAIL = "bf16-tail"   # BF16 with the graph's last stage (norm_out, conv_out, quant_conv) kept FP32
 TAIL_GRAPHS = ("content_encoder", "style_encoder")
+MIXED = "int8-mixed"   # an INT8 IR with layers kept FP32 by accuracy control (quantart_export.int8)
+INT8_PRECISIONS = ("int8", MIXED)
 _ARRAYS = ("content", "style", "content_latent", "content_indices", "content_codebook", "style_latent",
            "style_indices", "stylized_latent", "indices", "image")
 
@@ -127,7 +134,8 @@ def plan_label(plan: dict) -> str:
             groups.setdefault(precision, []).append(graph)
     if not groups:
         return "every graph fp32"
-    order = sorted(groups, key=lambda p: ("bf16", TAIL, "int8").index(p) if p in ("bf16", TAIL, "int8") else 9)
+    known = ("bf16", TAIL, "int8", MIXED)
+    order = sorted(groups, key=lambda p: known.index(p) if p in known else 9)
     text = ", ".join(f"{', '.join(groups[p])} {p}" for p in order)
     return text + (", the rest fp32" if "fp32" in plan.values() else "")
 
@@ -136,6 +144,13 @@ def int8_graphs(manifest: dict) -> dict:
     """{graph: entry} of the model's INT8 OpenVINO IR (the manifest's ``int8.graphs``; empty if none)."""
     graphs = (manifest.get("int8") or {}).get("graphs")
     return dict(graphs) if isinstance(graphs, dict) else {}
+
+
+def int8_precision(manifest: dict, graph: str) -> str:
+    """The plan precision of ``graph``'s stored INT8 IR: ``"int8-mixed"`` when accuracy control kept some
+    of its layers FP32 (the entry's ``precision``), else ``"int8"``."""
+    entry = int8_graphs(manifest).get(graph) or {}
+    return MIXED if entry.get("precision") == MIXED else "int8"
 
 
 def load_references(model_dir, manifest: dict) -> list[dict[str, np.ndarray]]:
@@ -207,8 +222,13 @@ class _Pool:
         self.a: list = []
         self.b: list = []
 
-    def tokens(self, ours, ref):
-        self.same += int(np.sum(ours == ref))
+    def tokens(self, ours, ref, latent=None, codebook=None):
+        """Count agreeing tokens; with the reference's continuous latent and the codebook, near-ties
+        (``tie_tolerant_agreement``) agree, as in export verification."""
+        if latent is None:
+            self.same += int(np.sum(ours == ref))
+        else:
+            self.same += int(round(tie_tolerant_agreement(ours, ref, latent, codebook)[0] * ref.size))
         self.total += int(ref.size)
 
     def image(self, ours, ref):
@@ -222,22 +242,14 @@ class _Pool:
         return psnr_uint8(np.concatenate(self.a), np.concatenate(self.b))
 
 
-def nearest_codes(latent: np.ndarray, codebook: np.ndarray) -> np.ndarray:
-    """Nearest codebook rows of a (N, D, h, w) latent -> (N, h, w) int64 (float64, lowest index on ties)."""
-    n, d, h, w = latent.shape
-    z = latent.astype(np.float64).transpose(0, 2, 3, 1).reshape(-1, d)
-    e = codebook.astype(np.float64)
-    scores = (e * e).sum(axis=1)[None, :] - 2.0 * (z @ e.T)
-    return scores.argmin(axis=1).reshape(n, h, w).astype(np.int64)
-
-
 def judge_graphs(test, refs, precision: str, graphs=STAGE2_GRAPHS) -> list[Check]:
     """Per-graph checks of runner ``test`` for ``graphs``, each graph fed the FP32 reference inputs."""
     pools = {g: _Pool() for g in STAGE2_GRAPHS}
     for r in refs:
         if "content_encoder" in graphs:
             latent = test.infer("content_encoder", {"image": _preprocess(r["content"])})["content_latent"]
-            pools["content_encoder"].tokens(nearest_codes(latent, r["content_codebook"]), r["content_indices"])
+            pools["content_encoder"].tokens(nearest_codes(latent, r["content_codebook"]), r["content_indices"],
+                                            r["content_latent"], r["content_codebook"])
         if "style_encoder" in graphs:
             out = test.infer("style_encoder", {"image": _preprocess(r["style"])})
             pools["style_encoder"].tokens(out["style_indices"], r["style_indices"])
@@ -315,12 +327,12 @@ def _verify(model_dir, manifest, refs, backend: str, precision: str, options: di
             result.checks = judge_graphs(base, refs, "fp32") + judge_chain(base, refs, "fp32")
         result.reason = "fp32 reference" if all(c.passed for c in result.checks) else "FP32 fails its own gate"
         return result
-    test = _runner(backend, model_dir, manifest, precision, {g: precision for g in candidates}
-                   if per_graph else None, options)
+    label = {g: int8_precision(manifest, g) if precision == "int8" else precision for g in candidates}
+    test = _runner(backend, model_dir, manifest, precision, label if per_graph else None, options)
     with test:
         result.checks = judge_graphs(test, refs, precision, candidates)
     plan = dict(result.plan)
-    plan.update({c.graph: (precision if c.passed else "fp32") for c in result.checks})
+    plan.update({c.graph: (label[c.graph] if c.passed else "fp32") for c in result.checks})
     if not per_graph:
         plan = {g: (precision if all(c.passed for c in result.checks) else "fp32") for g in plan}
     retry = [g for g in TAIL_GRAPHS if plan[g] == "fp32"] if per_graph and precision == "bf16" else []
@@ -361,10 +373,17 @@ def _verify(model_dir, manifest, refs, backend: str, precision: str, options: di
     return result
 
 
-def plan_cache_path(model_sha256: str, backend: str, precision: str, cpu: str | None = None) -> Path:
-    """The cache file of one (model, backend, precision, CPU model)."""
+def plan_cache_path(model_sha256: str, backend: str, precision: str, cpu: str | None = None,
+                    int8_sha256: dict | None = None) -> Path:
+    """The cache file of one (model, backend, precision, CPU model, INT8 files): ``int8_sha256`` is
+    {file: sha256} of the model's INT8 IR files as found on disk (``int8_digests``), so replacing one
+    (even behind an unchanged manifest) makes a new plan."""
     cpu_key = sha256_bytes((cpu or cpu_model()).encode())[:12]
-    return cache_root() / "plans" / f"{model_sha256[:20]}-{backend}-{precision}-{cpu_key}.json"
+    model_key = model_sha256[:20]
+    if int8_sha256:
+        files = "".join(f"{name}={digest}\n" for name, digest in sorted(int8_sha256.items()))
+        model_key = sha256_bytes(f"{model_sha256}\n{files}".encode())[:20]
+    return cache_root() / "plans" / f"{model_key}-{backend}-{precision}-{cpu_key}.json"
 
 
 def plan_for(model_dir, backend: str = "openvino", precision: str = "bf16", refresh: bool = False,
@@ -373,9 +392,9 @@ def plan_for(model_dir, backend: str = "openvino", precision: str = "bf16", refr
 
     A corrupt cache file is ignored and rewritten. Raises as ``verify_model``.
     """
-    load_manifest(model_dir, precision="fp32", verify=False)   # a missing / bad directory: ModelError
+    manifest = load_manifest(model_dir, precision="fp32", verify=False)   # a missing / bad directory: ModelError
     digest = sha256_file(Path(model_dir) / "manifest.json")
-    path = plan_cache_path(digest, backend, precision)
+    path = plan_cache_path(digest, backend, precision, int8_sha256=int8_digests(model_dir, manifest))
     if not refresh and path.is_file():
         try:
             data = json.loads(path.read_text())

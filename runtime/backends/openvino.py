@@ -22,11 +22,12 @@ their runtime precision is f32). It trades a little speed for the content tokens
 quant_conv flips; the verified plan tries it for encoders that fail plain BF16.
 
 Precision ``int8`` reads the INT8 OpenVINO IR that ``quantart-export --int8-calibration DIR`` stored
-and verified (the manifest's ``int8`` section, see ``quantart_export.int8``; both files sha256-checked):
-``precision="int8"`` runs every graph that has one in INT8 and the others (always the SGA +
-nearest-code graph) in FP32; ``plan={"decoder": "int8"}`` asks per graph. A model directory without
-that IR (or a plan naming a graph without it) is a one-line ``BackendError``. The non-quantized layers
-of an INT8 graph run FP32 (``INFERENCE_PRECISION_HINT`` f32).
+and verified (the manifest's ``int8`` section, see ``quantart_export.int8``; both files sha256-checked
+by ``load_manifest``): ``precision="int8"`` runs every graph that has one from it and the others
+(always the SGA + nearest-code graph) in FP32; ``plan={"decoder": "int8"}`` asks per graph. A graph whose IR
+keeps some layers FP32 (NNCF accuracy control) is ``int8-mixed`` in plans; it runs the same way.
+A model directory without that IR (or a plan naming a graph without it) is a one-line ``BackendError``.
+The non-quantized layers of an INT8 graph run FP32 (``INFERENCE_PRECISION_HINT`` f32).
 
 BF16 only where the CPU reports it in ``OPTIMIZATION_CAPABILITIES``; elsewhere asking for it is a
 one-line ``BackendError``. The capability list can be passed in (``capabilities=[...]``) so that a
@@ -48,15 +49,15 @@ import numpy as np
 
 from ..errors import BackendError, ModelError
 from ..manifest import graph_names, graph_path
-from ..util import one_line, sha256_file
-from ..verify import TAIL, cache_root, int8_graphs
+from ..util import one_line
+from ..verify import INT8_PRECISIONS, MIXED, TAIL, cache_root, int8_graphs, int8_precision
 from .base import Runner
 from .onnxruntime import default_threads
 
-PRECISIONS = ("fp32", "bf16", TAIL, "int8")
+PRECISIONS = ("fp32", "bf16", TAIL, "int8", MIXED)
 BF16_PRECISIONS = ("bf16", TAIL)
 HINTS = ("auto", "LATENCY", "THROUGHPUT")
-_OV_PRECISION = {"fp32": "f32", "bf16": "bf16", TAIL: "bf16", "int8": "f32"}
+_OV_PRECISION = {"fp32": "f32", "bf16": "bf16", TAIL: "bf16", "int8": "f32", MIXED: "f32"}
 PIN_GROUPS = ("norm", "softmax", "code")
 _CODE_PATH = frozenset({"MatMul", "Multiply", "Subtract", "Add", "Gather", "Reshape", "Transpose", "Squeeze",
                         "Unsqueeze", "Convert", "Concat"})
@@ -196,8 +197,13 @@ class OpenVINORunner(Runner):
             raise BackendError(f"openvino: bad precision plan entries {bad} (graphs: {', '.join(names)}; "
                                f"precisions: {', '.join(PRECISIONS)})")
         int8 = int8_graphs(manifest)
-        self.plan = {g: plan.get(g, "fp32" if precision == "int8" and g not in int8 else precision) for g in names}
-        missing = [g for g, p in self.plan.items() if p == "int8" and g not in int8]
+        if precision == MIXED:
+            raise BackendError("openvino: int8-mixed is a per-graph plan entry; ask for precision int8 (every "
+                               "graph with a stored INT8 IR) or plan={graph: 'int8-mixed'}")
+        default = {g: (int8_precision(manifest, g) if g in int8 else "fp32") if precision == "int8" else precision
+                   for g in names}
+        self.plan = {g: plan.get(g, default[g]) for g in names}
+        missing = [g for g, p in self.plan.items() if p in INT8_PRECISIONS and g not in int8]
         if missing or (precision == "int8" and not int8):
             raise BackendError(f"openvino: model {model_dir} has no INT8 IR for "
                                f"{', '.join(missing) or 'any graph'} (export it with quantart-export "
@@ -265,16 +271,14 @@ class OpenVINORunner(Runner):
             self._compile(graph, initial)
 
     def _int8_model(self, graph: str):
-        """Read ``graph``'s INT8 IR (xml + weights) after checking both files' sha256."""
+        """Read ``graph``'s INT8 IR (xml + weights); ``load_manifest`` checked both files' sha256."""
         entry = int8_graphs(self.manifest)[graph]
         paths = []
-        for key, digest in (("file", "sha256"), ("weights", "weights_sha256")):
+        for key in ("file", "weights"):
             name = str(entry.get(key, ""))
             path = Path(self.model_dir) / name
             if not name or Path(name).is_absolute() or ".." in Path(name).parts or not path.is_file():
                 raise ModelError(f"model {self.model_dir}: INT8 file {name!r} of {graph} is missing")
-            if sha256_file(path) != str(entry.get(digest, "")).lower():
-                raise ModelError(f"model {self.model_dir}: {name} does not match its sha256 in manifest.json")
             paths.append(str(path))
         try:
             return self.core.read_model(*paths)
@@ -284,7 +288,7 @@ class OpenVINORunner(Runner):
 
     def _model(self, graph: str):
         model = self._models.get(graph)
-        if model is None and self.plan[graph] == "int8":
+        if model is None and self.plan[graph] in INT8_PRECISIONS:
             model = self._models[graph] = self._int8_model(graph)
         if model is None:
             path = graph_path(self.model_dir, self.manifest, "fp32", graph)
