@@ -149,7 +149,7 @@ def test_every_public_name_is_called(model_dir, tmp_path):
     call("quantart_runtime", "save_image", content, tmp_path / "c.png")
     image = call("quantart_runtime", "load_image", tmp_path / "c.png")
     assert np.array_equal(image, content)
-    with call("quantart_runtime.Stylizer", "load", model_dir, backend="onnxruntime") as st:
+    with qr.Stylizer.load(model_dir, backend="onnxruntime") as st:
         called.add("quantart_runtime.Stylizer")
         code = st.encode_style(image[:16, :16], size=None)
         assert isinstance(code, qr.StyleCode) and code.size == (16, 16)
