@@ -136,6 +136,7 @@ def test_every_public_name_is_called(model_dir, tmp_path):
     with pytest.raises(quantart_export.ExportError, match="multiple of the latent stride"):
         call("quantart_export", "export_model", DATA / "tiny_stage2.ckpt", tmp_path / "bad", verify_res=[(33, 33)])
     assert not (tmp_path / "bad").exists()
+    called.add("quantart_export.ExportError")
     failed = call("quantart_export", "VerificationError", "x", [])
     assert isinstance(failed, Exception) and failed.checks == []
     z, codebook = torch.randn(1, 4, 2, 3), torch.randn(8, 4)
