@@ -10,7 +10,8 @@ _LAZY = {
     "export_model": "quantart_export.pipeline",
     "ExportError": "quantart_export.errors",
     "VerificationError": "quantart_export.errors",
-    "nearest_code": "quantart_export.nearest_code",
+    "nearest_code": "quantart_export.nearest",  # the module is not named nearest_code: an imported
+    # submodule would replace the function on the package
 }
 
 __all__ = list(_LAZY)

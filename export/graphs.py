@@ -1,7 +1,7 @@
 """The torch modules exported as ONNX graphs, one per graph of the model directory.
 
 Each wrapper takes and returns exactly the tensors of docs/model_format.md (FP32 / INT64 at the
-boundary). Every nearest-codebook step goes through `quantart_export.nearest_code.nearest_code`,
+boundary). Every nearest-codebook step goes through `quantart_export.nearest.nearest_code`,
 always with an FP32 codebook held by the wrapper (kept FP32 when the wrapper is cast to FP16).
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .nearest_code import nearest_code
+from .nearest import nearest_code
 
 
 def _boundary_in(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -17,6 +17,11 @@ SUBCOMMANDS = {
 }
 
 
+# What a subcommand needs beyond its extra, said when its extra is missing (one line).
+NEEDS = {"demo": "a checkout of the quantart repository (its assets/ and configs/: the demo model and sample "
+                 "images are not in the wheel) with the train,export extras: in a clone, run `make demo`"}
+
+
 class LazyGroup(click.Group):
     """A click group whose subcommands are imported only when invoked (see ``SUBCOMMANDS``).
 
@@ -45,6 +50,9 @@ class LazyGroup(click.Group):
             @click.command(name, help=SUBCOMMANDS[name][1], context_settings={"ignore_unknown_options": True})
             @click.argument("args", nargs=-1, type=click.UNPROCESSED)
             def unavailable(args):
+                if name in NEEDS:
+                    raise click.ClickException(f"'quantart {name}' needs {NEEDS[name]} ('{missing}' is not "
+                                               f"installed here)")
                 raise click.ClickException(
                     f"'quantart {name}' needs '{missing}', which is not installed here "
                     f"(install the matching extra, e.g. pip install 'quantart[train,export]')")

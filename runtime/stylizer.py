@@ -105,8 +105,8 @@ class Stylizer:
              **options) -> "Stylizer":
         """Validate ``model_dir`` (manifest format, graph files, sha256) and start ``backend``.
 
-        backend: "auto" (TensorRT > ONNX Runtime CUDA > OpenVINO with this model's verified precision
-        plan on this CPU > ONNX Runtime CPU FP32; see ``backends.choose_backend``), "onnxruntime",
+        backend: "auto" (TensorRT > ONNX Runtime CUDA; on a CPU the faster, measured on first use, of
+        ONNX Runtime FP32 and OpenVINO with this model's verified plan; see ``backends.choose_backend``), "onnxruntime",
         "tensorrt" or "openvino". precision: None (auto: fp32, or the verified OpenVINO plan),
         "fp32", "fp16", "bf16" or "int8" (OpenVINO; int8: the graphs with export-verified INT8 IR).
         ``providers`` (ONNX Runtime) and other ``options`` go to the Runner. ``stylizer.backend`` /

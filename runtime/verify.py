@@ -280,7 +280,7 @@ def judge_chain(runner, refs, label: str) -> list[Check]:
 
 
 def _runner(backend: str, model_dir, manifest, precision: str, plan: dict | None, options: dict):
-    from .backends import get_runner_class
+    from .backends.registry import get_runner_class
 
     cls = get_runner_class(backend)
     opts = dict(options)

@@ -19,6 +19,7 @@ from PIL import Image
 import quantart
 from quantart.training import NonFiniteLossError, apply_overrides, fit, preset
 from quantart.training.cli import train
+from quantart.training.logs import read_metrics
 
 TINY = dict(ddconfig=dict(double_z=False, z_channels=8, resolution=16, in_channels=3, out_ch=3, ch=8,
                           ch_mult=[1, 2, 2], num_res_blocks=1, attn_resolutions=[], dropout=0.0),
@@ -168,6 +169,17 @@ def test_sigkill_and_resume_equals_uninterrupted(tmp_path):
     for sa, sb in zip(a["optimizer_states"], b["optimizer_states"]):
         for k in sa["state"]:
             assert torch.equal(sa["state"][k]["exp_avg"], sb["state"][k]["exp_avg"])
+    # the log history survives the kill: every logged step once, before and after the resume, with the
+    # uninterrupted run's values (the killed run's rows after step 10 were logged again)
+    ha, rows_a = read_metrics(tmp_path / "a" / "s1" / "logs" / "metrics.csv")
+    hb, rows_b = read_metrics(tmp_path / "b" / "s1" / "logs" / "metrics.csv")
+    steps = [int(r["step"]) for r in rows_b]
+    assert steps == sorted(set(steps)) == [int(r["step"]) for r in rows_a] and len(steps) == 12
+    assert sorted(ha) == sorted(hb)
+    for ra, rb in zip(rows_a, rows_b):
+        for key in ("step", "rec_loss", "disc_loss"):
+            assert ra.get(key) == rb.get(key), (ra["step"], key)
+    assert [p.name for p in (tmp_path / "b" / "s1" / "logs").iterdir()] == ["metrics.csv"]   # no temp, no copy
 
 
 @pytest.mark.slow

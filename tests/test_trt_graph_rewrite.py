@@ -1,7 +1,7 @@
 """Graph rewrite for the TensorRT backend: nearest-codebook subgraph -> quantart::nearest_code plugin.
 
 The graphs come from the real exporter path: a tiny torch module calling
-quantart_export.nearest_code.nearest_code, exported with torch.onnx.export(dynamo=True). The kernel
+quantart_export.nearest.nearest_code, exported with torch.onnx.export(dynamo=True). The kernel
 side of the equivalence check runs in a child process under TRITON_INTERPRET=1.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ D, K1, K2 = 8, 40, 70
 
 def _export(path, two=False):
     torch = pytest.importorskip("torch")
-    from quantart_export.nearest_code import nearest_code
+    from quantart_export.nearest import nearest_code
 
     class Tiny(torch.nn.Module):
         def __init__(self):

@@ -118,12 +118,18 @@ def test_auto_selection_and_reasons(model_dir, tmp_path):
     assert forced.backend == "openvino" and set(forced.options["plan"].values()) == {"bf16"}
     if not _has_bf16():
         return
-    choice = choose_backend(model_dir)
-    assert choice.backend == "openvino" and choice.precision.startswith("decoder bf16")
-    assert "verified plan" in choice.reason
+    choice = choose_backend(model_dir)       # measured: the faster of ORT FP32 and the verified plan
+    timed = choice.timings
+    assert [c.backend for c in timed] in (["onnxruntime", "openvino"], ["openvino", "onnxruntime"])
+    assert timed[0].seconds <= timed[1].seconds and choice.backend == timed[0].backend
+    plan = next(c for c in timed if c.backend == "openvino")
+    assert plan.precision.startswith("decoder bf16") and choice.precision == timed[0].precision
+    assert "fastest verified CPU candidate (measured now" in choice.reason
+    assert all(c.timing() in choice.reason for c in timed)     # both timings are said
     with Stylizer.load(model_dir) as st:
-        assert st.backend == "openvino" and st.precision == choice.precision
-        assert "cached plan" in st.reason          # verified once, on first use above
+        assert st.backend == choice.backend and st.precision == choice.precision
+        assert "cached measurement" in st.reason   # measured once, on first use above
+        assert all(f"{c.backend} {c.precision} " in st.reason for c in timed)
 
 
 def test_verify_cli(model_dir, tmp_path):

@@ -82,6 +82,20 @@ class ConfigMixin:
         return {"kind": self.config_kind, **copy.deepcopy(self._registered_config)}
 
     @classmethod
+    def from_checkpoint(cls, path, config=None, trust: bool = False):
+        """Load this model class from any supported checkpoint, in eval mode (diffusers'
+        ``from_pretrained``): ``quantart.load_model(path, config, trust, expect=cls)``.
+
+        Args: path: .ckpt / .pt / .safetensors file or a saved model directory; config: None (the
+        stored config, else inferred), a model config dict, or the path of an official YAML; trust:
+        allow arbitrary unpickling (only for files you trust).
+        Raises: CheckpointError (one line), also when the checkpoint holds the other stage's model.
+        """
+        from ..checkpoint import load_model  # local: quantart.checkpoint builds models (layers stay acyclic)
+
+        return load_model(path, config=config, trust=trust, expect=cls)
+
+    @classmethod
     def config_parameters(cls) -> dict[str, inspect.Parameter]:
         """The constructor parameters recorded in the config (name → inspect.Parameter)."""
         params = list(inspect.signature(cls.__init__).parameters.values())[1:]

@@ -235,6 +235,15 @@ def demo(out, model, from_scratch, content, style, size, content_ratio, output_r
     from ..data import DataError
     from .config import ConfigError
 
+    needed = [p for p, given in ((DEMO_MODEL, model or from_scratch), (ASSETS / "content", content),
+                                 (ASSETS / "style", style)) if not given]
+    needed += [STAGE1_CONFIG, STAGE2_CONFIG] if from_scratch else []
+    missing = [str(p.relative_to(ROOT)) for p in needed if not p.exists()]
+    if missing:
+        click.echo(f"Error: quantart demo needs a checkout of the quantart repository ({', '.join(missing)} "
+                   f"not found beside this install: the demo model, sample images and configs are not in the "
+                   f"wheel): in a clone, run `make demo`; or pass --model, --content and --style", err=True)
+        sys.exit(2)
     start = time.time()
     try:
         report = run_demo(out, model, from_scratch, content, style, size, content_ratio, output_ratio,

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 from ..checkpoint import save_model
 from .callbacks import LAST, AtomicCheckpoint, ImageGrids
 from .config import PRECISIONS, ConfigError, learning_rate, validate
+from .logs import run_loggers
 from .modules import Stage1Module, Stage2Module
 from .sampling import ResumableBatchSampler
 
@@ -82,20 +83,6 @@ def build_dataset(spec: dict):
     return UnpairedDataset(data["content"], data["style"], size, random_crop=True, seed=seed)
 
 
-def _loggers(out: Path):
-    from lightning.pytorch.loggers import CSVLogger
-
-    loggers = [CSVLogger(str(out), name="logs", version="")]
-    try:
-        import tensorboard  # noqa: F401  (the logger needs it or tensorboardX)
-        from lightning.pytorch.loggers import TensorBoardLogger
-        loggers.append(TensorBoardLogger(str(out), name="tensorboard", version=""))
-    except ImportError:
-        warnings.warn("tensorboard is not installed: CSV logs only (pip install tensorboard for TensorBoard logs)",
-                      stacklevel=2)
-    return loggers
-
-
 def resolve_resume(resume, out: Path) -> str | None:
     """The checkpoint path to resume from: ``None``/``''`` -> ``None``; ``'last'`` ->
     ``<out>/checkpoints/last.ckpt``; a folder -> its ``last.ckpt``; else the path itself.
@@ -146,7 +133,7 @@ def fit(spec: dict, resume=None, callbacks=(), progress_bar: bool = True) -> Tra
         max_epochs=-1, accelerator=spec["accelerator"], devices=spec["devices"], num_nodes=spec["num_nodes"],
         strategy=strategy, precision=PRECISIONS[spec["precision"]], use_distributed_sampler=False,
         callbacks=[checkpoint, ImageGrids(out / "images", spec["image_every"]), *callbacks],
-        logger=_loggers(out), log_every_n_steps=spec["log_every"], enable_checkpointing=True,
+        logger=run_loggers(out, ckpt_path), log_every_n_steps=spec["log_every"], enable_checkpointing=True,
         enable_progress_bar=progress_bar, enable_model_summary=False, num_sanity_val_steps=0,
         default_root_dir=str(out))
     with warnings.catch_warnings():

@@ -1,79 +1,27 @@
 """The backend seam: one Runner per backend (Polygraphy style), so a new backend is one file.
 
-Backends are imported lazily by module path, so this package imports with numpy alone:
+Backends are imported lazily by module path (``registry``), so this package imports with numpy alone:
 ``onnxruntime`` (embedded default), ``tensorrt`` and ``openvino`` (CPU, FP32/BF16 per graph).
 
-``choose_backend`` is what ``Stylizer.load`` uses: for ``backend="auto"`` without a precision it
-picks TensorRT > ONNX Runtime CUDA > OpenVINO with the verified precision plan of this model on this
-CPU (``quantart_runtime.verify.plan_for``: verified once, then cached) > ONNX Runtime CPU FP32, and
-returns the reason of its choice. ``select_backend`` picks a Runner class without a model
-(TensorRT > ONNX Runtime), for callers that bring their own precision.
+``choose_backend`` is what ``Stylizer.load`` uses. For ``backend="auto"`` without a precision: on a GPU
+TensorRT > ONNX Runtime CUDA; on a CPU the *fastest verified candidate*: ``cpu_candidates`` lists the
+ways to run this model that verification passed on this host (ONNX Runtime FP32; OpenVINO with the
+verified precision plan of this model on this CPU, ``quantart_runtime.verify.plan_for``), and
+``quantart_runtime.timing.measure`` times each on the stored verification inputs at the serving size
+(first use only; cached per model, CPU and backend versions). The reason of the choice names every
+timing. ``select_backend`` picks a Runner class without a model (TensorRT > ONNX Runtime), for callers
+that bring their own precision.
 """
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 
 from ..errors import BackendError, ModelError
 from .base import Runner
+from .registry import AUTO_ORDER, BACKENDS, availability, available_backends, get_runner_class, select_backend
 
-BACKENDS = {
-    "onnxruntime": ("quantart_runtime.backends.onnxruntime", "OnnxRuntimeRunner"),
-    "tensorrt": ("quantart_runtime.backends.tensorrt", "TensorRTRunner"),
-    "openvino": ("quantart_runtime.backends.openvino", "OpenVINORunner"),
-}
-AUTO_ORDER = ("tensorrt", "onnxruntime")
-
-__all__ = ["BACKENDS", "Choice", "Runner", "available_backends", "choose_backend", "get_runner_class",
-           "select_backend"]
-
-
-def get_runner_class(name: str) -> type[Runner]:
-    """Import the Runner class of backend ``name`` (``BackendError`` if unknown or not importable)."""
-    if name not in BACKENDS:
-        raise BackendError(f"unknown backend {name!r}; choose one of auto, {', '.join(BACKENDS)}")
-    module_name, class_name = BACKENDS[name]
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise BackendError(f"backend {name!r} cannot be imported here ({exc})") from None
-    try:
-        return getattr(module, class_name)
-    except AttributeError:
-        raise BackendError(f"backend {name!r}: {module_name} defines no {class_name}") from None
-
-
-def _availability(name: str) -> tuple[type[Runner] | None, str]:
-    try:
-        cls = get_runner_class(name)
-    except BackendError as exc:
-        return None, str(exc)
-    try:
-        ok, reason = cls.is_available()
-    except Exception as exc:  # a broken install must not stop the fallback
-        return None, f"{type(exc).__name__}: {exc}"
-    return (cls, "") if ok else (None, reason or "not available")
-
-
-def available_backends() -> dict[str, str]:
-    """{backend: ""} for usable backends, {backend: reason} for the others."""
-    return {name: _availability(name)[1] for name in BACKENDS}
-
-
-def select_backend(name: str = "auto") -> type[Runner]:
-    """The Runner class for ``name`` ("auto" or a key of BACKENDS); ``BackendError`` says why not."""
-    if name == "auto":
-        reasons = []
-        for candidate in AUTO_ORDER:
-            cls, reason = _availability(candidate)
-            if cls is not None:
-                return cls
-            reasons.append(f"{candidate}: {reason}")
-        raise BackendError("no usable backend (" + "; ".join(reasons) + ")")
-    cls, reason = _availability(name)
-    if cls is None:
-        raise BackendError(f"backend {name!r} is not available: {reason}")
-    return cls
+__all__ = ["BACKENDS", "AUTO_ORDER", "Choice", "Runner", "available_backends", "choose_backend", "cpu_candidates",
+           "get_runner_class", "select_backend"]
 
 _OPENVINO_ONLY = ("capabilities", "cache_dir", "hint", "plan")
 
@@ -82,12 +30,15 @@ _OPENVINO_ONLY = ("capabilities", "cache_dir", "hint", "plan")
 class Choice:
     """What ``choose_backend`` picked: backend name, the manifest precision its graphs come from
     (``graph_precision``), the precision label shown to users (``precision``: "fp32", "bf16" or a
-    plan such as "decoder bf16, the rest fp32"), runner options (e.g. the plan) and why."""
+    plan such as "decoder bf16, the rest fp32"), runner options (e.g. the plan) and why; for a
+    measured auto choice, ``timings``: the timed candidates (``quantart_runtime.timing.Candidate``,
+    fastest first)."""
     backend: str
     graph_precision: str
     precision: str
     options: dict = field(default_factory=dict)
     reason: str = ""
+    timings: list = field(default_factory=list)
 
 
 def _ort_cuda(device: int) -> tuple[bool, str]:
@@ -104,10 +55,12 @@ def _ort_cuda(device: int) -> tuple[bool, str]:
     return True, ""
 
 
-def _openvino_plan(model_dir, options: dict) -> tuple[Choice | None, str]:
-    cls, reason = _availability("openvino")
+def _openvino_plan(model_dir, options: dict):
+    """(the OpenVINO candidate with this model's verified BF16 plan, "") or (None, why there is none)."""
+    cls, reason = availability("openvino")
     if cls is None:
         return None, f"openvino: {reason}"
+    from ..timing import Candidate
     from ..verify import plan_for, plan_label
     from .openvino import cpu_capabilities
 
@@ -123,10 +76,55 @@ def _openvino_plan(model_dir, options: dict) -> tuple[Choice | None, str]:
         return None, f"openvino: {one_line(exc)}"
     if all(p == "fp32" for p in result.plan.values()):
         return None, f"openvino: the verified plan keeps every graph fp32 ({result.reason})"
-    label = plan_label(result.plan)
     how = "cached plan" if result.cached else "verified now"
-    return Choice("openvino", "fp32", label, {**options, "plan": dict(result.plan)},
-                  f"openvino on this CPU with the verified plan ({how}: {result.reason})"), ""
+    return Candidate("openvino", "fp32", plan_label(result.plan), {**options, "plan": dict(result.plan)},
+                     f"openvino with the verified plan ({how}: {result.reason})"), ""
+
+
+def cpu_candidates(model_dir, options: dict) -> tuple[list, list[str]]:
+    """The verified ways to run ``model_dir`` on this CPU, as ``quantart_runtime.timing.Candidate`` s
+    (ONNX Runtime FP32 first: it wins a tie), and why others are not candidates.
+
+    A new precision (another backend or plan) is one more entry here; ``choose_backend`` times them all.
+    ``options``: runner options (the OpenVINO-only ones, ``capabilities`` included, go to OpenVINO).
+    """
+    from ..timing import Candidate
+
+    plain = {k: v for k, v in options.items() if k not in _OPENVINO_ONLY}
+    ov_options = {k: v for k, v in options.items() if k in _OPENVINO_ONLY}
+    candidates, reasons = [], []
+    if availability("onnxruntime")[0] is not None:
+        candidates.append(Candidate("onnxruntime", "fp32", "fp32", plain, "ONNX Runtime CPU FP32 (the reference)"))
+    candidate, reason = _openvino_plan(model_dir, ov_options)
+    if candidate is not None:
+        candidates.append(candidate)
+    else:
+        reasons.append(reason)
+    return candidates, reasons
+
+
+def _measured_cpu_choice(model_dir, options: dict, reasons: list[str]) -> Choice:
+    """The fastest of ``cpu_candidates`` (timed on first use); one candidate is taken as it is."""
+    candidates, why_not = cpu_candidates(model_dir, options)
+    reasons = reasons + why_not
+    if not candidates:
+        select_backend("onnxruntime")     # raises with the reason
+    if len(candidates) == 1:
+        c = candidates[0]
+        return Choice(c.backend, c.graph_precision, c.precision, c.options,
+                      f"{c.how}, the only verified CPU candidate (" + "; ".join(reasons) + ")")
+    from ..timing import measure
+    from ..util import one_line
+
+    try:
+        measured = measure(model_dir, candidates)
+    except (ModelError, BackendError) as exc:   # cannot time: the reference backend, said why
+        c = candidates[0]
+        return Choice(c.backend, c.graph_precision, c.precision, c.options,
+                      f"{c.how}; the candidates could not be timed ({one_line(exc)})")
+    best = measured.winner
+    return Choice(best.backend, best.graph_precision, best.precision, best.options,
+                  f"{best.how}: the fastest verified CPU candidate ({measured.summary()})", measured.candidates)
 
 
 def choose_backend(model_dir, backend: str = "auto", precision: str | None = None, device: int = 0,
@@ -136,8 +134,9 @@ def choose_backend(model_dir, backend: str = "auto", precision: str | None = Non
     Args:
         model_dir: the exported model directory (its verified plan is looked up for OpenVINO).
         backend: "auto" or a key of BACKENDS.
-        precision: None (auto: the fastest verified), "fp32", "fp16", "bf16" or "int8" (OpenVINO;
-            int8 only where the model directory holds export-verified INT8 IR, never chosen by auto).
+        precision: None (auto: on a CPU the fastest verified candidate, measured), "fp32", "fp16",
+            "bf16" or "int8" (OpenVINO; int8 only where the model directory holds export-verified INT8
+            IR, never chosen by auto).
         device: GPU ordinal. options: runner options (``capabilities`` also steers the BF16 check).
     Returns:
         a ``Choice`` with the reason.
@@ -167,7 +166,7 @@ def choose_backend(model_dir, backend: str = "auto", precision: str | None = Non
                       f"precision {precision} asked for: {cls.name} (TensorRT > ONNX Runtime)")
     reasons = []
     plain = {k: v for k, v in options.items() if k not in _OPENVINO_ONLY}
-    cls, reason = _availability("tensorrt")
+    cls, reason = availability("tensorrt")
     if cls is not None:
         return Choice("tensorrt", "fp32", "fp32", plain, "TensorRT and a GPU are available")
     reasons.append(f"tensorrt: {reason}")
@@ -176,11 +175,4 @@ def choose_backend(model_dir, backend: str = "auto", precision: str | None = Non
         return Choice("onnxruntime", "fp32", "fp32", plain,
                       "ONNX Runtime CUDA (no TensorRT: " + reasons[0] + ")")
     reasons.append(f"onnxruntime CUDA: {reason}")
-    ov_options = {k: v for k, v in options.items() if k in _OPENVINO_ONLY}
-    choice, reason = _openvino_plan(model_dir, ov_options)
-    if choice is not None:
-        return choice
-    reasons.append(reason)
-    select_backend("onnxruntime")
-    return Choice("onnxruntime", "fp32", "fp32", plain,
-                  "ONNX Runtime CPU FP32 (" + "; ".join(reasons) + ")")
+    return _measured_cpu_choice(model_dir, options, reasons)

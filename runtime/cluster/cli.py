@@ -114,7 +114,7 @@ def stylize_dataset(model_dir, style, input, output, address, num_workers, gpus_
                    "contents are downscaled (X-Quantart-Resized) or, with resize=false, refused (413).")
 @click.option("--sample-styles", is_flag=False, flag_value="", default=None, metavar="[DIR]",
               help="Register sample styles at start (listed by GET /v1/styles and on the page): the "
-                   "repository's assets/style, or the images in DIR.")
+                   "sample artworks shipped in the package, or the images in DIR.")
 def serve(model_dir, host, port, replicas, address, backend, precision, cpus_per_replica,
           gpus_per_replica, max_body_mb, max_pixels, request_timeout_s, max_batch_size, batch_wait_ms,
           max_ongoing_requests, max_queued_requests, style_size, memory_budget, sample_styles):

@@ -301,7 +301,7 @@ def build_app(model_dir, *, replicas: int = 1, cpus_per_replica: float = 1, gpus
               max_ongoing_requests: int = 16, max_queued_requests: int = 64, sample_styles=None, **options):
     """The Serve application (registry + service), checked against the model directory first.
     ``sample_styles``: a folder of style images registered at start and listed by ``GET /v1/styles``
-    (``web.SAMPLE_STYLES``: the repository's samples); ``options``: any of ``DEFAULTS``.
+    (``web.SAMPLE_STYLES``: the samples shipped in the package); ``options``: any of ``DEFAULTS``.
     Raises ``ModelError`` for a bad model, ``ValueError``/``ImageError`` for bad options or samples."""
     unknown = set(options) - set(DEFAULTS)
     if unknown:

@@ -8,8 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-# The sample artworks of the repository (assets/style); `--sample-styles DIR` points elsewhere.
-SAMPLE_STYLES = HERE.parents[2] / "assets" / "style"
+# The sample artworks, shipped in the package (package data: any install has them; the same files as the
+# repository's assets/style, credits in sample_styles/ATTRIBUTION.md); `--sample-styles DIR` points elsewhere.
+SAMPLE_STYLES = HERE / "sample_styles"
 PAGE_FILES = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
               "style.css": "text/css; charset=utf-8"}
 
