@@ -164,6 +164,15 @@ def test_plan_has_int8_only_where_verified(int8_export, tmp_path, monkeypatch):
     assert result.plan == {g: int8[g]["precision"] if g in int8 else "fp32" for g in GRAPHS}
     assert {c.graph for c in result.checks} == set(int8) | {"chain"} and all(c.passed for c in result.checks)
     assert plan_for(out, "openvino", "int8", cache_dir=False).cached
+    # auto times the verified INT8 plan as one more CPU candidate where it keeps a graph INT8
+    from quantart_runtime.backends import cpu_candidates
+
+    candidates, _ = cpu_candidates(out, {"cache_dir": False})
+    int8_candidates = [c for c in candidates if "INT8" in c.how]
+    if any(p != "fp32" for p in result.plan.values()):
+        assert [c.options["plan"] for c in int8_candidates] == [result.plan]
+    else:
+        assert not int8_candidates
 
     # an INT8 content encoder added behind the export's back is judged here too, and stays FP32
     _needs_nncf()

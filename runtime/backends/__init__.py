@@ -95,12 +95,40 @@ def cpu_candidates(model_dir, options: dict) -> tuple[list, list[str]]:
     candidates, reasons = [], []
     if availability("onnxruntime")[0] is not None:
         candidates.append(Candidate("onnxruntime", "fp32", "fp32", plain, "ONNX Runtime CPU FP32 (the reference)"))
-    candidate, reason = _openvino_plan(model_dir, ov_options)
-    if candidate is not None:
-        candidates.append(candidate)
-    else:
-        reasons.append(reason)
+    for candidate, reason in (_openvino_plan(model_dir, ov_options), _openvino_int8_plan(model_dir, ov_options)):
+        if candidate is not None:
+            candidates.append(candidate)
+        elif reason:
+            reasons.append(reason)
     return candidates, reasons
+
+
+def _openvino_int8_plan(model_dir, options: dict):
+    """(the OpenVINO candidate with this model's verified INT8 plan: ``int8`` / ``int8-mixed`` graphs where
+    the export's accuracy control and the stored references passed, the rest FP32, "") or (None, why not;
+    "" when the export holds no INT8 IR)."""
+    from ..manifest import load_manifest
+    from ..verify import int8_graphs, plan_for, plan_label
+
+    try:
+        if not int8_graphs(load_manifest(model_dir, precision="fp32", verify=False)):
+            return None, ""
+    except ModelError:
+        return None, ""
+    if availability("openvino")[0] is None:
+        return None, ""   # said once by the BF16 candidate
+    from ..timing import Candidate
+    from ..util import one_line
+
+    try:
+        result = plan_for(model_dir, "openvino", "int8", **options)
+    except (ModelError, BackendError) as exc:
+        return None, f"openvino int8: {one_line(exc)}"
+    if all(p == "fp32" for p in result.plan.values()):
+        return None, f"openvino int8: the verified plan keeps every graph fp32 ({result.reason})"
+    how = "cached plan" if result.cached else "verified now"
+    return Candidate("openvino", "fp32", plan_label(result.plan), {**options, "plan": dict(result.plan)},
+                     f"openvino with the verified INT8 plan ({how}: {result.reason})"), ""
 
 
 def _measured_cpu_choice(model_dir, options: dict, reasons: list[str]) -> Choice:
