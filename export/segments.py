@@ -154,8 +154,8 @@ def build_schedule(model) -> tuple[dict, dict]:
                              ("style_encoder", ["style_image"], ["style_latent", "style_indices"]),
                              ("sga", ["content_latent", "style_latent"], ["stylized_latent", "indices"]),
                              ("decoder", ["stylized_latent"], ["output_image"])):
-        chains[chain] = {"inputs": ins, "outputs": outs,
-                         "steps": [{k: v for k, v in s.items() if k != "chain"} for s in p.steps if s["chain"] == chain]}
+        steps = [{k: v for k, v in s.items() if k != "chain"} for s in p.steps if s["chain"] == chain]
+        chains[chain] = {"inputs": ins, "outputs": outs, "steps": steps}
     section = {"version": SCHEDULE_VERSION, "norm_eps": NORM_EPS, "latent_stride": stride,
                "tensors": p.tensors, "chains": chains}
     return section, p.parts

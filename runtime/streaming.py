@@ -98,7 +98,7 @@ class StreamingExecutor:
 
             entries = self.section["graphs"]["fp32"]
             root = Path(self.main.model_dir)
-            for name, entry in entries.items():
+            for entry in entries.values():
                 if ".." in Path(entry["file"]).parts or sha256_file(root / entry["file"]) != entry["sha256"]:
                     raise ModelError(f"model {root}: streaming graph {entry['file']} is missing or does not "
                                      f"match its sha256 (re-export the model)")

@@ -294,7 +294,8 @@ class Stylizer:
         hs, ws = max(self.stride, hs // self.stride * self.stride), max(self.stride, ws // self.stride * self.stride)
         if not dispatch.style_streams(self, hs, ws, dispatch.check_mode(streaming)):
             hs, ws = self.size_policy.fit_style(hs, ws)   # untiled: the style encoder's memory, too
-            hs, ws = max(self.stride, hs // self.stride * self.stride), max(self.stride, ws // self.stride * self.stride)
+            hs, ws = (max(self.stride, hs // self.stride * self.stride),
+                      max(self.stride, ws // self.stride * self.stride))
         x = im.preprocess([im.resize(image, hs, ws)], self.stride)
         if dispatch.style_streams(self, hs, ws, streaming):
             latent, indices, self.last_run = dispatch.encode_style(self, x, progress)
