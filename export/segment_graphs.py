@@ -38,7 +38,10 @@ class GraphBuilder:
         return name
 
     def output(self, value: str, name: str, shape, dtype: str = "float32") -> None:
-        self.nodes.append(helper.make_node("Identity", [value], [name]))
+        """Name the node output ``value`` ``name`` (renamed in place: one tensor name for every backend)."""
+        for node in self.nodes:
+            node.output[:] = [name if o == value else o for o in node.output]
+            node.input[:] = [name if i == value else i for i in node.input]
         self.outputs.append(helper.make_tensor_value_info(name, _ELEM[dtype], list(shape)))
 
     def const(self, array, stem: str = "c") -> str:

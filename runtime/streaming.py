@@ -29,6 +29,7 @@ from .tiling import input_extent, out_size, tiles, window
 TILE_FRACTION = 0.3        # of the budget, for one tile's working memory (the rest holds the store)
 CONV_TENSORS = memory.CONV_TENSORS
 ATTN_BYTES = memory.ATTN_BYTES_PER_SCORE
+SMALL_TENSOR = 1 << 20     # tensors up to this size always stay in RAM
 
 
 @dataclass
@@ -89,6 +90,7 @@ class StreamingExecutor:
         self.eps = float(self.section["norm_eps"])
         self._runner = None
         self.calls = 0
+        self.ram_store_cap: int | None = None   # bytes of intermediates kept in RAM at most (None: the budget's)
 
     # -- the segment runner -------------------------------------------------------------------
     def runner(self):
@@ -145,12 +147,29 @@ class StreamingExecutor:
             th, tw = min(h, th), min(w, tw)
         else:
             th, tw = h, w
+            cap = self.window_cap()
+            while cap and max(input_extent(th, step["resample"], step["pre_halo"], step["post_halo"]),
+                              out_size(input_extent(th, step["resample"], step["pre_halo"], step["post_halo"]),
+                                       step["resample"])) > cap and th > 1:
+                th -= 1
+            while cap and max(input_extent(tw, step["resample"], step["pre_halo"], step["post_halo"]),
+                              out_size(input_extent(tw, step["resample"], step["pre_halo"], step["post_halo"]),
+                                       step["resample"])) > cap and tw > 1:
+                tw -= 1
             while self._work(step, th, tw, domains) > tile_budget and (th > 1 or tw > 1):
                 if th * 2 >= tw or tw == 1:   # halve the longer side, keep full-width bands while they fit
                     th = max(1, math.ceil(th * 0.7))
                 else:
                     tw = max(1, math.ceil(tw * 0.7))
         return tiles(h, w, th, tw), self._work(step, th, tw, domains)
+
+    def window_cap(self) -> int | None:
+        """TensorRT: the largest tile side its engines' profile holds (every segment axis is profiled as a
+        latent axis: ``max_res // latent_stride``); other backends take any shape (None)."""
+        if self.main.name != "tensorrt":
+            return None
+        prof = self.manifest.get("profile") or {}
+        return max(1, int(prof.get("max_res", 1024)) // int(self.section["latent_stride"]))
 
     def plan(self, chains: list[str], domains: dict, budget: int, keep: tuple = (), tile=None,
              sources: tuple = ()) -> Plan:
@@ -171,12 +190,14 @@ class StreamingExecutor:
         max_work = max(p.work_bytes for p in planned)
         io = 10 * domains["content"][0] * domains["content"][1]   # uint8 in/out, float preprocessing copy
         ram_cap = budget - max_work - io
+        if self.ram_store_cap is not None:
+            ram_cap = min(ram_cap, self.ram_store_cap)
         nbytes = lambda t: int(np.prod(self._shape(t, domains))) * (8 if self.tensors[t]["dtype"] == "int64" else 4)  # noqa: E731
         on_disk, live, ram, disk, peak, peak_disk = {}, set(), 0, 0, 0, 0
 
         def alloc(t):
             nonlocal ram, disk, peak_disk
-            on_disk[t] = ram + nbytes(t) > ram_cap and nbytes(t) > (1 << 20)
+            on_disk[t] = ram + nbytes(t) > ram_cap and nbytes(t) > SMALL_TENSOR
             if on_disk[t]:
                 disk += nbytes(t)
                 peak_disk = max(peak_disk, disk)
@@ -196,6 +217,12 @@ class StreamingExecutor:
                     disk -= nbytes(t)
                 else:
                     ram -= nbytes(t)
+        cap = self.window_cap()
+        keys = [self._shape(p.step["whole"]["k"], domains) for p in planned if p.step["whole"]]
+        if cap and any(max(k[2:]) > cap for k in keys):
+            raise ImageTooLarge(f"{domains['content'][1]}x{domains['content'][0]}: attention keys exceed the "
+                                f"TensorRT profile ({cap} latent cells a side); use backend onnxruntime or "
+                                f"re-export with a larger --max-res")
         if peak > budget or ram_cap < 0:
             raise ImageTooLarge(f"{domains['content'][1]}x{domains['content'][0]}: even streamed this needs "
                                 f"{peak / 2**30:.2f} GiB, above the memory budget of {budget / 2**30:.2f} GiB")
