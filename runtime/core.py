@@ -9,7 +9,8 @@ load -> fit -> batch -> stylize -> write (or return) -> report each failure thro
   aspect kept, or refused with ``ImageTooLarge`` when ``resize=False``). A content whose untiled request
   exceeds the model's memory budget (``quantart_runtime.memory``) runs at full size through the exact
   streaming executor (``quantart_runtime.streaming``); one whose streaming plan cannot fit the budget or
-  the temporary disk is refused in one line before any work. Exports without a streaming schedule keep
+  the temporary disk is downscaled to the untiled limit when resizing is allowed, else refused in one
+  line before any work. Exports without a streaming schedule keep
   the old rule (downscaled to the budget, the profile's ``max_res`` as the default ``max_side``).
 - **Extensions**: inputs are ``INPUT_EXTENSIONS``; the output format option is named ``ext``
   (``--ext``) everywhere, one of ``OUTPUT_FORMATS``.
@@ -167,9 +168,16 @@ class StylizeCore:
         if self.max_side and max(h, w) > self.max_side:
             scale = self.max_side / max(h, w)
             th, tw = max(1, round(h * scale)), max(1, round(w * scale))
+        streamed = False
         if self.streams:
-            self._check_streaming(th, tw, code)
-        else:
+            try:
+                self._check_streaming(th, tw, code)
+                streamed = True
+            except ImageTooLarge as exc:   # not even streamed: downscale when allowed, else refuse
+                if not resize:
+                    raise ImageTooLarge(f"image is {w}x{h}, above this model's limit ({one_line(exc)}); "
+                                        f"resizing was not allowed") from None
+        if not streamed:
             th, tw = self.stylizer.size_policy.fit(th, tw, self.style_tokens(code))
         if (th, tw) != (h, w):
             if not resize:

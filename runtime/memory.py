@@ -15,6 +15,12 @@ cross-attention). ``ATTN_BYTES_PER_SCORE = 12``: three fp32 copies of the score 
 Runtime CPU (peak RSS over the loaded model: 62 MB at 96², 179 MB at 128², 812 MB at 192² against
 predicted 68 / 208 / 1035 MB), so the estimate is an upper bound.
 
+Above the untiled limit an image **streams** (``quantart_runtime.streaming``): its plan predicts, from the
+same per-tensor constants, the peak of one tile's working memory (``CONV_TENSORS`` live activations of the
+tile's window, ``ATTN_BYTES_PER_SCORE`` per score of a query tile against all keys) plus the intermediates
+held in RAM, and the temporary disk used by the rest; a plan above the budget or the free disk is refused in
+one line before any work.
+
 The **budget** is a byte count: ``--memory-budget`` / ``QUANTART_MEMORY_BUDGET`` (``"6G"``, ``"512M"``,
 a plain byte count, or a fraction ``"0.3"`` of the available memory); default ``DEFAULT_FRACTION`` of
 the memory available now (``MemAvailable``, the cgroup limit, and ``RLIMIT_AS`` headroom: the least).

@@ -14,7 +14,6 @@ TensorRT all stream through the same ``Runner.infer``.
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,6 +105,8 @@ class StreamingExecutor:
                                      f"match its sha256 (re-export the model)")
             view = {**self.manifest, "graphs": {"fp32": entries}, "_graph_names": tuple(entries)}
             options = {k: v for k, v in self.main.options.items() if k != "plan"}
+            if self.main.name == "onnxruntime":   # ~100 sessions: an arena each would keep its peak tile
+                options["memory_arena"] = False
             runner = type(self.main)(root, view, precision="fp32", device=self.main.device, **options)
             runner.activate()
             self._runner = runner
@@ -157,10 +158,10 @@ class StreamingExecutor:
                                        step["resample"])) > cap and tw > 1:
                 tw -= 1
             while self._work(step, th, tw, domains) > tile_budget and (th > 1 or tw > 1):
-                if th * 2 >= tw or tw == 1:   # halve the longer side, keep full-width bands while they fit
-                    th = max(1, math.ceil(th * 0.7))
+                if th * 2 >= tw or tw == 1:   # shrink the rows first: full-width bands while they fit
+                    th = max(1, min(th - 1, int(th * 0.7)))
                 else:
-                    tw = max(1, math.ceil(tw * 0.7))
+                    tw = max(1, min(tw - 1, int(tw * 0.7)))
         return tiles(h, w, th, tw), self._work(step, th, tw, domains)
 
     def window_cap(self) -> int | None:

@@ -100,6 +100,8 @@ class OnnxRuntimeRunner(Runner):
         providers: execution providers to use (None: CUDA when usable, else CPU).
         intra_op_threads: threads per operator (None: ``default_threads()``).
         inter_op_threads: threads across operators (1: sequential execution).
+        memory_arena: keep ONNX Runtime's per-session CPU arena and memory patterns (default True); the
+            streaming executor's many segment sessions run without (an arena keeps its peak for good).
 
     Native values are ``onnxruntime.OrtValue`` on the session's device ("cpu" or "cuda"):
     ``infer(..., host_outputs=False)`` binds outputs on that device and returns them, and OrtValue
@@ -109,7 +111,7 @@ class OnnxRuntimeRunner(Runner):
     """
 
     name = "onnxruntime"
-    OPTIONS = frozenset({"providers", "intra_op_threads", "inter_op_threads"})
+    OPTIONS = frozenset({"providers", "intra_op_threads", "inter_op_threads", "memory_arena"})
     DEVICE_VALUES = True
 
     def __init__(self, model_dir, manifest: dict, precision: str = "fp32", device: int = 0, **options):
@@ -117,6 +119,7 @@ class OnnxRuntimeRunner(Runner):
         self.requested_providers = options.get("providers")
         self.intra_op_threads = options.get("intra_op_threads") or default_threads()
         self.inter_op_threads = options.get("inter_op_threads") or 1
+        self.memory_arena = options.get("memory_arena", True) is not False
         self.sessions: dict = {}
         self.output_names: dict = {}
         self.providers: list = []
@@ -158,6 +161,9 @@ class OnnxRuntimeRunner(Runner):
         opts.intra_op_num_threads = int(self.intra_op_threads)
         opts.inter_op_num_threads = int(self.inter_op_threads)
         opts.log_severity_level = 3
+        if not self.memory_arena:
+            opts.enable_cpu_mem_arena = False
+            opts.enable_mem_pattern = False
         # The graphs run one after another, each session with its own intra-op pool: a pool that spins
         # after its run steals the cores the next graph's pool needs (measured: +50 % end to end on 2 cores).
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
