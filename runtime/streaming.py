@@ -158,7 +158,7 @@ class StreamingExecutor:
                                        step["resample"])) > cap and tw > 1:
                 tw -= 1
             while self._work(step, th, tw, domains) > tile_budget and (th > 1 or tw > 1):
-                if th * 2 >= tw or tw == 1:   # shrink the rows first: full-width bands while they fit
+                if th > 1 and (th * 2 >= tw or tw == 1):   # rows first: full-width bands while they fit
                     th = max(1, min(th - 1, int(th * 0.7)))
                 else:
                     tw = max(1, min(tw - 1, int(tw * 0.7)))
