@@ -220,6 +220,11 @@ def export_model(checkpoint, out_dir=None, config=None, precision: str = "fp32",
     tmp = _make_temp_dir(out_dir)
     try:
         written, entries, fused = _export_into(tmp, model, precisions, opset, stride, log)
+        streaming = None
+        if model.config["kind"] == "stage2":   # the streaming schedule: any image size (quantart_export.segments)
+            from .segments import export_segments
+
+            streaming = export_segments(model, tmp, log)
         from .reference import write_reference_data
 
         # for `quantart verify`: the verification sizes plus the profile's opt_res (the serving size), since
@@ -251,6 +256,10 @@ def export_model(checkpoint, out_dir=None, config=None, precision: str = "fp32",
                    "int8_calibration": None if int8_calibration is None else str(int8_calibration)}
         manifest = build_manifest(model, entries, opset=opset, profile=profile, checkpoint=checkpoint,
                                   options=options, verification=verification, verification_data=reference_data)
+        if streaming is not None:
+            manifest["streaming"] = streaming
+            if verify:
+                _verify_streaming(model, tmp, manifest, resolutions, thresholds, report)
         if calibration_files is not None:
             from .int8 import build_int8
 
@@ -265,6 +274,21 @@ def export_model(checkpoint, out_dir=None, config=None, precision: str = "fp32",
 
 
 FUSED_LABEL = "ort fused attention"  # verification rows of the fused-attention graphs: "<graph> [ort fused attention]"
+
+
+def _verify_streaming(model, tmp: Path, manifest: dict, resolutions, thresholds, report) -> None:
+    """The streaming executor against PyTorch (``verify_streaming``); its checks join the manifest's."""
+    from .verify import DEFAULT_THRESHOLDS, format_table
+    from .verify_streaming import verify_streaming
+
+    checks = verify_streaming(model, tmp, manifest, resolutions, {**DEFAULT_THRESHOLDS, **(thresholds or {})})
+    report(format_table(checks))
+    failed = [c for c in checks if not c.passed]
+    if failed:
+        raise VerificationError(f"streaming verification failed: {failed[0].resolution} {failed[0].graph} "
+                                f"{failed[0].metric} = {failed[0].value:.6g}", checks)
+    if manifest.get("verification"):
+        manifest["verification"]["checks"].extend(c.as_dict() for c in checks)
 
 
 def _export_into(tmp: Path, model, precisions, opset: int, stride: int, log):

@@ -103,6 +103,28 @@ def _quiet_libraries() -> None:
         pass
 
 
+class _TileBar:
+    """Tiles done / total of a content that streams: a second progress bar, shown while it runs."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled, self.bar = enabled, None
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        if self.bar is None or self.bar.total != total or done < self.bar.n:
+            if self.bar is not None:
+                self.bar.close()
+            self.bar = tqdm(total=total, unit="tile", desc="streaming", position=1, leave=False,
+                            file=sys.stderr, dynamic_ncols=True)
+        self.bar.update(done - self.bar.n)
+        if done >= total:
+            self.bar.close()
+            self.bar = None
+
+
 @click.command("stylize")
 @click.option("--model", "-m", "model_dir", required=True, type=click.Path(path_type=Path),
               help="Model directory written by quantart-export.")
@@ -132,8 +154,8 @@ def _quiet_libraries() -> None:
               help="Discrete-continuous fusion of the SGA output (1 = fully quantized).")
 @click.option("--max-side", type=click.IntRange(min=0), default=None,
               help="Downscale contents whose longer side exceeds N pixels (aspect kept; the output has the "
-                   "downscaled size). Default: the model's max_res. Contents above the memory limit are "
-                   "always downscaled to it; 0: never resize (such contents fail instead).")
+                   "downscaled size). Default: no cap: contents above the memory budget stream at full "
+                   "size, exactly (older exports: downscaled to the budget). 0: never resize.")
 @click.option("--memory-budget", default=None, metavar="BYTES|FRACTION",
               help="Peak working memory a request may use: bytes (6G, 512M) or a fraction of the available "
                    "memory (0.3). Default: $QUANTART_MEMORY_BUDGET, else half the available memory.")
@@ -192,7 +214,8 @@ def stylize(model_dir, style_path, contents, out_dir, ext, quality, backend, dev
     try:
         core = StylizeCore(stylizer, None, content_ratio=content_ratio, output_ratio=output_ratio,
                            batch_size=batch_size, max_side=max_side, resize=max_side != 0,
-                           style_size=style_size, memory_budget=memory_budget)
+                           style_size=style_size, memory_budget=memory_budget,
+                           progress=_TileBar(enabled=progress))
         core.code = core.encode_style(style_path)
     except ImageError as exc:
         _fail_setup(f"style image {style_path}: {exc}")

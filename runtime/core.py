@@ -4,11 +4,14 @@ load -> fit -> batch -> stylize -> write (or return) -> report each failure thro
 - **Error policy**: every per-item failure, of any exception type, is reported for that item (a
   one-line reason) and the other items go on; only ``KeyboardInterrupt`` / ``SystemExit`` stop a run.
   A batch that fails is retried image by image so one bad input cannot take the others down.
-- **Size policy** (:meth:`StylizeCore.prepare`): the minimum-size check runs on the ORIGINAL size;
-  then the longer side is capped by ``max_side`` (a caller's limit) and the whole request by the
-  model's memory budget (``quantart_runtime.memory``). Above either, the image is downscaled (aspect
-  kept; the short side never below one latent cell), or refused with ``ImageTooLarge`` when the
-  caller asked for no resize (``resize=False``).
+- **Size policy** (:meth:`StylizeCore.prepare`): "stream to fit". The minimum-size check runs on the
+  ORIGINAL size; the longer side is capped by ``max_side`` only when the caller asks for it (downscaled,
+  aspect kept, or refused with ``ImageTooLarge`` when ``resize=False``). A content whose untiled request
+  exceeds the model's memory budget (``quantart_runtime.memory``) runs at full size through the exact
+  streaming executor (``quantart_runtime.streaming``); one whose streaming plan cannot fit the budget or
+  the temporary disk is downscaled to the untiled limit when resizing is allowed, else refused in one
+  line before any work. Exports without a streaming schedule keep
+  the old rule (downscaled to the budget, the profile's ``max_res`` as the default ``max_side``).
 - **Extensions**: inputs are ``INPUT_EXTENSIONS``; the output format option is named ``ext``
   (``--ext``) everywhere, one of ``OUTPUT_FORMATS``.
 """
@@ -98,15 +101,16 @@ class StylizeCore:
 
     Args: stylizer: a ``Stylizer``; style: a ``StyleCode`` (or an image the stylizer encodes at
     ``style_size``); content_ratio / output_ratio / batch_size: as ``Stylizer.stylize``;
-    max_side: longest content side allowed (``None``: the model's profile ``max_res``; 0: only the
-    memory limit); resize: downscale
-    what is above a limit (``False``: refuse it with ``ImageTooLarge``); memory_budget: bytes,
-    ``"6G"`` or a fraction (``None``: the stylizer's default).
+    max_side: longest content side allowed (``None`` or 0: no cap, the image streams when it is large;
+    for exports without a streaming schedule ``None`` is the profile's ``max_res``); resize: downscale
+    what is above ``max_side`` (``False``: refuse it with ``ImageTooLarge``); memory_budget: bytes,
+    ``"6G"`` or a fraction (``None``: the stylizer's default); streaming: "auto", "always" or "never"
+    (``Stylizer.stylize``); progress: ``(tiles done, total)`` callback of streamed images.
     """
 
     def __init__(self, stylizer, style=None, *, content_ratio: float = 1.0, output_ratio: float = 1.0,
                  batch_size: int | None = None, max_side: int | None = None, resize: bool = True,
-                 style_size: int | None = 256, memory_budget=None):
+                 style_size: int | None = 256, memory_budget=None, streaming: str = "auto", progress=None):
         self.stylizer = stylizer
         if memory_budget is not None:
             stylizer.set_memory_budget(memory_budget)
@@ -115,7 +119,12 @@ class StylizeCore:
         self.content_ratio = float(content_ratio)
         self.output_ratio = float(output_ratio)
         self.batch_size = batch_size
-        self.max_side = (stylizer.max_res if max_side is None else int(max_side)) or None
+        from .stream_dispatch import can_stream, check_mode
+
+        self.streaming, self.progress = check_mode(streaming), progress
+        self.streams = can_stream(stylizer) and streaming != "never"
+        default = None if self.streams else stylizer.max_res
+        self.max_side = (default if max_side is None else int(max_side)) or None
         self.resize = bool(resize)
 
     # -- styles ------------------------------------------------------------------------------
@@ -159,7 +168,17 @@ class StylizeCore:
         if self.max_side and max(h, w) > self.max_side:
             scale = self.max_side / max(h, w)
             th, tw = max(1, round(h * scale)), max(1, round(w * scale))
-        th, tw = self.stylizer.size_policy.fit(th, tw, self.style_tokens(code))
+        streamed = False
+        if self.streams:
+            try:
+                self._check_streaming(th, tw, code)
+                streamed = True
+            except ImageTooLarge as exc:   # not even streamed: downscale when allowed, else refuse
+                if not resize:
+                    raise ImageTooLarge(f"image is {w}x{h}, above this model's limit ({one_line(exc)}); "
+                                        f"resizing was not allowed") from None
+        if not streamed:
+            th, tw = self.stylizer.size_policy.fit(th, tw, self.style_tokens(code))
         if (th, tw) != (h, w):
             if not resize:
                 limit = self.limits(code)
@@ -169,6 +188,16 @@ class StylizeCore:
             th, tw = max(stride, th), max(stride, tw)   # the short side stays one latent cell at least
             image = im.resize(image, th, tw)
         return Prepared(image, (h, w))
+
+    def _check_streaming(self, h: int, w: int, code) -> None:
+        """Refuse (``ImageTooLarge``, one line) a content whose streaming plan cannot fit."""
+        from . import stream_dispatch as dispatch
+
+        code = code if code is not None else self.code
+        tokens = self.style_tokens(code) or self.stylizer.size_policy.style_tokens
+        if code is None or not dispatch.content_streams(self.stylizer, h, w, tokens, self.streaming):
+            return
+        dispatch.plan_content(self.stylizer, h, w, code)
 
     # -- stylization -------------------------------------------------------------------------
     def stylize_many(self, images: list[np.ndarray], code=None, content_ratio=None,
@@ -181,7 +210,8 @@ class StylizeCore:
         if not images:
             return []
         try:
-            return list(self.stylizer.stylize(list(images), code, batch_size=self.batch_size, **options))
+            return list(self.stylizer.stylize(list(images), code, batch_size=self.batch_size, **options,
+                                              streaming=self.streaming, progress=self.progress))
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:  # noqa: BLE001 - isolate the failing image(s) below
@@ -190,7 +220,8 @@ class StylizeCore:
         results: list = []
         for image in images:
             try:
-                results.append(self.stylizer.stylize(image, code, **options))
+                results.append(self.stylizer.stylize(image, code, **options, streaming=self.streaming,
+                                                     progress=self.progress))
             except (KeyboardInterrupt, SystemExit):
                 raise
             except BaseException as exc:  # noqa: BLE001 - reported for this image

@@ -168,5 +168,6 @@ def graph_path(model_dir, manifest: dict, precision: str, graph: str) -> Path:
 
 
 def graph_names(manifest: dict) -> tuple[str, ...]:
-    """The graph names a manifest of its kind must list (``GRAPHS[kind]``)."""
-    return GRAPHS[manifest["kind"]]
+    """The graph names a manifest of its kind must list (``GRAPHS[kind]``); a runner of the streaming
+    segments gets a view of the manifest naming them under ``"_graph_names"``."""
+    return tuple(manifest.get("_graph_names") or GRAPHS[manifest["kind"]])

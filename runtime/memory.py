@@ -27,6 +27,12 @@ runner's shared CPU arena; peak RSS over the loaded model): 12 / 19 / 58 / 86 / 
 96² / 128² / 192² / 256² / 384² / 512² against 17 / 31 / 69 / 122 / 275 / 488 MB estimated
 (benchmarks/results/attention_memory_tiny.md; the standard graphs at 384² and up fail under a 2 GiB limit).
 
+Above the untiled limit an image **streams** (``quantart_runtime.streaming``): its plan predicts, from the
+same per-tensor constants, the peak of one tile's working memory (``CONV_TENSORS`` live activations of the
+tile's window, ``ATTN_BYTES_PER_SCORE`` per score of a query tile against all keys) plus the intermediates
+held in RAM, and the temporary disk used by the rest; a plan above the budget or the free disk is refused in
+one line before any work.
+
 The **budget** is a byte count: ``--memory-budget`` / ``QUANTART_MEMORY_BUDGET`` (``"6G"``, ``"512M"``,
 a plain byte count, or a fraction ``"0.3"`` of the available memory); default ``DEFAULT_FRACTION`` of
 the memory available now (``MemAvailable``, the cgroup limit, and ``RLIMIT_AS`` headroom: the least).

@@ -21,10 +21,12 @@ from typing import Sequence
 import numpy as np
 
 from . import images as im
+from . import stream_dispatch as dispatch
 from .backends import choose_backend, select_backend
 from .errors import ImageError, ImageTooLarge, ModelError
 from .manifest import load_manifest
 from .memory import Geometry, SizePolicy, resolve_budget
+from .streaming import RunInfo
 
 PIXEL_BUDGET = 1024 * 1024   # default batch: about this many padded pixels per graph call
 STYLE_CACHE_SIZE = 32
@@ -97,6 +99,8 @@ class Stylizer:
         self._styles: OrderedDict[tuple, StyleCode] = OrderedDict()
         self._device_values: OrderedDict = OrderedDict()   # device_style / device_ratio uploads
         self._lock = threading.Lock()
+        self._streaming = None                # the streaming executor (stream_dispatch), made on first use
+        self.last_run = RunInfo()             # what the last stylize / encode_style did (streamed, tiles, disk)
 
     # -- construction ----------------------------------------------------------------------
     @classmethod
@@ -133,6 +137,9 @@ class Stylizer:
         """Free the runner's sessions / engines and the values kept on the device."""
         with self._lock:
             self._device_values.clear()
+            streaming, self._streaming = self._streaming, None
+        if streaming is not None:
+            streaming.close()
         self.runner.deactivate()
 
     def __enter__(self):
@@ -270,8 +277,10 @@ class Stylizer:
         return im.postprocess(batch, sizes)
 
     # -- styles ----------------------------------------------------------------------------
-    def encode_style(self, image, size: int | None = 256) -> StyleCode:
+    def encode_style(self, image, size: int | None = 256, streaming: str = "auto", progress=None) -> StyleCode:
         """Encode a style image ((H, W, 3) uint8 array, path or encoded bytes) once.
+
+        ``streaming`` / ``progress``: as :meth:`stylize` (a style the untiled encoder cannot hold streams).
 
         The shorter side is resized (bicubic) to ``size`` keeping the aspect ratio, each side
         rounded to the latent stride (``size=None`` keeps the image's scale). The result is cached
@@ -292,10 +301,17 @@ class Stylizer:
                 return code
         hs, ws = im.style_size(image.shape[0], image.shape[1], size, self.stride,
                                max_side=None if size is None else im.STYLE_MAX_ASPECT * int(size))
-        hs, ws = self.size_policy.fit_style(hs, ws)   # the style encoder's memory, too
         hs, ws = max(self.stride, hs // self.stride * self.stride), max(self.stride, ws // self.stride * self.stride)
+        if not dispatch.style_streams(self, hs, ws, dispatch.check_mode(streaming)):
+            hs, ws = self.size_policy.fit_style(hs, ws)   # untiled: the style encoder's memory, too
+            hs, ws = (max(self.stride, hs // self.stride * self.stride),
+                      max(self.stride, ws // self.stride * self.stride))
         x = im.preprocess([im.resize(image, hs, ws)], self.stride)
-        latent, indices = self.style_latent(x)
+        if dispatch.style_streams(self, hs, ws, streaming):
+            latent, indices, self.last_run = dispatch.encode_style(self, x, progress)
+        else:
+            latent, indices = self.style_latent(x)
+            self.last_run = RunInfo()
         code = StyleCode(np.ascontiguousarray(latent), np.ascontiguousarray(indices), (hs, ws), key[0])
         with self._lock:
             self._styles[key] = code
@@ -324,15 +340,21 @@ class Stylizer:
                           self.size_policy.max_batch(hp, wp)))
 
     def stylize(self, contents, style, content_ratio=1.0, output_ratio=1.0, batch_size: int | None = None,
-                style_size: int | None = 256):
+                style_size: int | None = 256, streaming: str = "auto", progress=None):
         """Stylize one (H, W, 3) uint8 array or a list of them (mixed sizes) -> same sizes back.
 
         ``style``: a StyleCode, or an image (array, path, bytes) encoded at ``style_size``.
         Images are grouped by padded size; each group runs in batches of ``batch_size`` (default:
         about PIXEL_BUDGET pixels per batch, at most the model's profile max_batch).
+        ``streaming``: "auto" streams each content whose untiled request exceeds the memory budget (or
+        the TensorRT profile) through the exact tiled executor (``quantart_runtime.streaming``),
+        "always" streams every content, "never" refuses what does not fit untiled. ``progress``: a
+        callable ``(tiles done, tiles total)`` called as a streamed image runs. ``last_run`` then says
+        what ran (``streamed``, ``tiles``, ``peak_disk_bytes``, ...).
         Raises ``ImageError`` for an unusable content image (wrong array type, smaller than one
-        latent cell) before running anything.
+        latent cell) and ``ImageTooLarge`` for one that cannot fit even streamed, before running anything.
         """
+        dispatch.check_mode(streaming)
         single = isinstance(contents, np.ndarray)
         items = [contents] if single else list(contents)
         _ratio(content_ratio, "content_ratio")
@@ -348,16 +370,30 @@ class Stylizer:
                 raise ImageError(f"{what}: {exc}") from None
         code = style if isinstance(style, StyleCode) else self.encode_style(style, size=style_size)
         style_tokens = int(np.prod(code.latent.shape[2:]))
+        streamed = []
         for i, img in enumerate(items):   # never an allocation the memory budget cannot hold
-            if not self.size_policy.fits(*img.shape[:2], 1, style_tokens):
-                raise ImageTooLarge(f"{'content image' if single else f'content image {i}'}: "
-                                    f"{img.shape[1]}x{img.shape[0]} needs more than the memory budget "
-                                    f"of {self.size_policy.budget / 2**30:.2f} GiB (largest side for this "
-                                    f"model: {self.size_policy.max_side(1, style_tokens)} px)")
+            what = "content image" if single else f"content image {i}"
+            if dispatch.content_streams(self, *img.shape[:2], style_tokens, streaming):
+                streamed.append(i)
+                try:
+                    dispatch.plan_content(self, *img.shape[:2], code)   # refused here, before any work
+                except ImageTooLarge as exc:
+                    raise ImageTooLarge(f"{what}: {exc}") from None
+            elif not self.size_policy.fits(*img.shape[:2], 1, style_tokens):
+                raise dispatch.too_large(what, *img.shape[:2], self, style_tokens)
         results: list = [None] * len(items)
+        run = RunInfo()
+        for i in streamed:
+            results[i], info = dispatch.stylize_one(self, items[i], code, content_ratio, output_ratio, progress)
+            run = RunInfo(True, run.tiles + info.tiles, max(run.peak_disk_bytes, info.peak_disk_bytes),
+                          max(run.peak_store_bytes, info.peak_store_bytes),
+                          max(run.predicted_peak_bytes, info.predicted_peak_bytes),
+                          max(run.predicted_disk_bytes, info.predicted_disk_bytes), run.seconds + info.seconds,
+                          run.graph_calls + info.graph_calls)
         groups: dict[tuple[int, int], list[int]] = {}
         for i, img in enumerate(items):
-            groups.setdefault(im.padded_size(*img.shape[:2], self.stride), []).append(i)
+            if i not in streamed:
+                groups.setdefault(im.padded_size(*img.shape[:2], self.stride), []).append(i)
         for (hp, wp), members in groups.items():
             step = min(int(batch_size) if batch_size else self.default_batch_size(hp, wp), self.max_batch,
                        max(1, self.size_policy.max_batch(hp, wp, style_tokens)))
@@ -366,4 +402,5 @@ class Stylizer:
                 y = self.run_graphs(x, code, content_ratio, output_ratio)
                 for i, out in zip(chunk, self.postprocess(y, [items[i].shape[:2] for i in chunk])):
                     results[i] = out
+        self.last_run = run
         return results[0] if single else results

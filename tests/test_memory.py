@@ -83,8 +83,8 @@ def test_stylizer_refuses_what_the_budget_cannot_hold(stylizer):
         stylizer.set_memory_budget("64M")
         code = stylizer.encode_style(np.full((40, 40, 3), 128, np.uint8), size=32)
         side = stylizer.size_policy.max_side(1, int(np.prod(code.latent.shape[2:])))
-        with pytest.raises(ImageTooLarge, match="memory budget"):
-            stylizer.stylize(np.zeros((side * 2, side * 2, 3), np.uint8), code)
+        with pytest.raises(ImageTooLarge, match="memory budget"):   # untiled; "auto" would stream it
+            stylizer.stylize(np.zeros((side * 2, side * 2, 3), np.uint8), code, streaming="never")
         assert stylizer.default_batch_size(side, side) == 1
     finally:
         stylizer.size_policy = before
@@ -104,14 +104,15 @@ _UNDER_LIMIT = textwrap.dedent("""
     limit = _vm_size() + headroom
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))     # the host "cannot hold" more than this
     st.set_memory_budget(None)                                 # the default budget, seen from here: half
-    core = StylizeCore(st, np.full((48, 48, 3), 100, np.uint8), style_size=32)   # default budget: half
+    core = StylizeCore(st, np.full((48, 48, 3), 100, np.uint8), style_size=32,   # default budget: half
+                       streaming="never")   # the untiled rule (streaming: tests/test_streaming.py)
     tokens = core.style_tokens()
     side = st.size_policy.max_side(1, tokens)
     rng = np.random.default_rng(0)
     out = st.stylize(rng.integers(0, 256, (side, side, 3), dtype=np.uint8), core.code)
     refused = False
     try:
-        st.stylize(np.zeros((2 * side, 2 * side, 3), np.uint8), core.code)
+        st.stylize(np.zeros((2 * side, 2 * side, 3), np.uint8), core.code, streaming="never")
     except ImageTooLarge:
         refused = True
     prepared = core.prepare(rng.integers(0, 256, (3 * side, 3 * side, 3), dtype=np.uint8))
@@ -123,8 +124,8 @@ _UNDER_LIMIT = textwrap.dedent("""
 
 def test_request_at_the_computed_max_side_runs_under_a_memory_limit(model_dir, tmp_path):
     """RLIMIT_AS = what the loaded process maps now + 1.5 GiB: the default budget (half the headroom)
-    gives a max side; a request at exactly that side runs, twice that side is refused (not an
-    allocation failure), and three times that side is downscaled by the core and runs."""
+    gives a max side; a request at exactly that side runs, twice that side is refused untiled (not an
+    allocation failure), and three times that side is downscaled by a core that does not stream."""
     script = tmp_path / "under_limit.py"
     script.write_text(_UNDER_LIMIT)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -135,6 +135,8 @@ class OnnxRuntimeRunner(Runner):
         inter_op_threads: threads across operators (1: sequential execution).
         fused_attention: None (default): run each graph's fused-attention variant where the manifest lists
             one and the first provider is CPU or CUDA; False: the standard graphs; True: require them.
+        memory_arena: keep ONNX Runtime's per-session CPU arena and memory patterns (default True); the
+            streaming executor's many segment sessions run without (an arena keeps its peak for good).
 
     Native values are ``onnxruntime.OrtValue`` on the session's device ("cpu" or "cuda"):
     ``infer(..., host_outputs=False)`` binds outputs on that device and returns them, and OrtValue
@@ -144,7 +146,7 @@ class OnnxRuntimeRunner(Runner):
     """
 
     name = "onnxruntime"
-    OPTIONS = frozenset({"providers", "intra_op_threads", "inter_op_threads", "fused_attention"})
+    OPTIONS = frozenset({"providers", "intra_op_threads", "inter_op_threads", "fused_attention", "memory_arena"})
     DEVICE_VALUES = True
 
     def __init__(self, model_dir, manifest: dict, precision: str = "fp32", device: int = 0, **options):
@@ -155,6 +157,7 @@ class OnnxRuntimeRunner(Runner):
         self.fused_attention = options.get("fused_attention")
         self.fused_graphs: dict[str, str] = {}     # graph -> the fused-attention file it runs
         self.linear_attention = False              # every attending graph runs fused
+        self.memory_arena = options.get("memory_arena", True) is not False
         self.sessions: dict = {}
         self.output_names: dict = {}
         self.providers: list = []
@@ -208,10 +211,14 @@ class OnnxRuntimeRunner(Runner):
         opts.intra_op_num_threads = int(self.intra_op_threads)
         opts.inter_op_num_threads = int(self.inter_op_threads)
         opts.log_severity_level = 3
+        if not self.memory_arena:
+            opts.enable_cpu_mem_arena = False
+            opts.enable_mem_pattern = False
         # The graphs run one after another, each session with its own intra-op pool: a pool that spins
         # after its run steals the cores the next graph's pool needs (measured: +50 % end to end on 2 cores).
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        if shared_cpu_arena(ort):   # the graphs share one CPU arena: a request's peak is its largest graph's
+        # the graphs share one CPU arena: a request's peak is its largest graph's (segment sessions run without)
+        if self.memory_arena and shared_cpu_arena(ort):
             opts.add_session_config_entry("session.use_env_allocators", "1")
         providers = self._providers(ort)
         sessions = {}
