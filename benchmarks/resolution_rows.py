@@ -62,12 +62,13 @@ _CHILD = textwrap.dedent("""
             rec["tile"] = tile
         rec["seconds"] = time.perf_counter() - t0
         rec["peak_rss_over_loaded_mib"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base) / 2**20
-        stats = next((getattr(st, a) for a in ("last_streaming_stats", "streaming_stats", "last_stats")
-                      if isinstance(getattr(st, a, None), dict)), None)
-        if stats is not None:
-            rec["streaming_stats"] = stats
-            disk = next((stats[k] for k in ("temp_disk_bytes", "disk_bytes", "temp_bytes") if k in stats), None)
-            rec["temp_disk_mib"] = None if disk is None else disk / 2**20
+        run = getattr(st, "last_run", None)   # the streaming executor's record (quantart_runtime.streaming.RunInfo)
+        if run is not None and mode != "naive":
+            rec["streamed"] = bool(run.streamed)
+            if run.streamed:
+                rec.update(tiles=int(run.tiles), temp_disk_mib=run.peak_disk_bytes / 2**20,
+                           store_ram_mib=run.peak_store_bytes / 2**20,
+                           predicted_peak_mib=run.predicted_peak_bytes / 2**20)
         np.save(out_npy, out)
         rec["status"] = "ok"
     print(json.dumps(rec))

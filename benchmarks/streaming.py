@@ -131,6 +131,7 @@ def _flops(config: dict, h: int, w: int) -> float:
 
 
 def report(rows: list, bounded: dict | None, extrapolation: dict | None) -> str:
+    """The Markdown report of the streaming benchmark (exactness rows, the bounded 12 MP run, FLOP extrapolation)."""
     lines = ["# Streaming executor vs untiled (official architecture, random weights, ONNX Runtime CPU)", "",
              "Machine: shared 2-core CPU, loaded by other jobs while this ran: times are noisy; the ratios "
              "were measured side by side in one run.", "",
@@ -152,6 +153,7 @@ def report(rows: list, bounded: dict | None, extrapolation: dict | None) -> str:
 
 
 def main(argv=None) -> int:
+    """``python -m quantart_benchmarks.streaming``: run the benchmark and write its report (see the module doc)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="benchmarks/results/streaming_cpu")
     ap.add_argument("--model", default=None)

@@ -79,11 +79,9 @@ class GraphGate:
         pooled = float(np.sum(np.asarray(scores) * w) / np.sum(w))
         if self.graph != "decoder":
             return pooled, scores
-        return self._psnr(pooled), [self._psnr(s) for s in scores]
+        from quantart_runtime.util import psnr_from_mse
 
-    @staticmethod
-    def _psnr(mse: float) -> float:
-        return PSNR_CAP_DB if mse <= 0 else float(min(PSNR_CAP_DB, 10 * np.log10(255.0 ** 2 / mse)))
+        return psnr_from_mse(pooled, 255.0, PSNR_CAP_DB), [psnr_from_mse(s, 255.0, PSNR_CAP_DB) for s in scores]
 
 
 def fp32_outputs(core, model, graph: str, feeds: list[dict]) -> list[np.ndarray]:

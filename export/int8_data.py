@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from quantart_runtime.util import sha256_file
+
 from .errors import ExportError
 
 SEED = 0
@@ -46,12 +48,6 @@ class Split:
                 "validation_sha256": self.set_sha256(self.validation)}
 
 
-def _sha256(path: Path) -> str:
-    from quantart_runtime.util import sha256_file
-
-    return sha256_file(path)
-
-
 def _readable(path: Path) -> bool:
     from PIL import Image, UnidentifiedImageError
 
@@ -73,7 +69,7 @@ def split_images(files, seed: int = SEED, fraction: float = VALIDATION_FRACTION)
     unreadable = 0
     for path in sorted(Path(p) for p in files):
         if _readable(path):
-            by_digest.setdefault(_sha256(path), path)
+            by_digest.setdefault(sha256_file(path), path)
         else:
             unreadable += 1
     n = len(by_digest)

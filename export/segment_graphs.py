@@ -34,6 +34,7 @@ class GraphBuilder:
         return f"{stem}_{self._n}"
 
     def input(self, name: str, shape, dtype: str = "float32") -> str:
+        """A graph input of ``shape`` (None for a dynamic dim); returns its value name."""
         self.inputs.append(helper.make_tensor_value_info(name, _ELEM[dtype], list(shape)))
         return name
 
@@ -45,16 +46,19 @@ class GraphBuilder:
         self.outputs.append(helper.make_tensor_value_info(name, _ELEM[dtype], list(shape)))
 
     def const(self, array, stem: str = "c") -> str:
+        """An initializer holding ``array``; returns its value name."""
         name = self._fresh(stem)
         self.inits.append(numpy_helper.from_array(np.asarray(array), name))
         return name
 
     def op(self, kind: str, inputs, n_out: int = 1, **attrs):
+        """Append one ``kind`` node; returns its output name (a list of names when ``n_out`` > 1)."""
         outs = [self._fresh(kind.lower()) for _ in range(n_out)]
         self.nodes.append(helper.make_node(kind, list(inputs), outs, **attrs))
         return outs[0] if n_out == 1 else outs
 
     def model(self) -> onnx.ModelProto:
+        """The built graph as a checked ``ModelProto``."""
         graph = helper.make_graph(self.nodes, self.name, self.inputs, self.outputs, self.inits)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                                   producer_name="quantart-export")
@@ -72,9 +76,11 @@ class GraphBuilder:
         return self.op("Add", [self.op("Mul", [self.op("Sub", [x, mean]), scale]), beta])
 
     def silu(self, x: str) -> str:
+        """x * sigmoid(x) (the official ``nonlinearity``)."""
         return self.op("Mul", [x, self.op("Sigmoid", [x])])
 
     def conv(self, x: str, conv, stride: int | None = None, pad: int | None = None) -> str:
+        """``conv`` (a torch Conv2d) applied to ``x`` with its weights as initializers."""
         w = self.const(_np(conv.weight), "w")
         b = self.const(_np(conv.bias), "b")
         p = conv.padding[0] if pad is None else pad
@@ -97,6 +103,7 @@ class GraphBuilder:
         return self.conv(y, us.conv) if us.with_conv else y
 
     def resample(self, x: str, module) -> str:
+        """The down- or upsampling ``module`` applied to ``x``."""
         if module is None:
             return x
         return self.downsample(x, module) if type(module).__name__ == "Downsample" else self.upsample(x, module)

@@ -17,6 +17,14 @@ from .streaming import RunInfo, StreamingExecutor
 STREAMING_MODES = ("auto", "always", "never")
 
 
+def ratio_input(value, name: str) -> np.ndarray:
+    """A ``content_ratio`` / ``output_ratio`` graph input: (1,) float32 in [0, 1], else ``ValueError``."""
+    value = float(value)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be between 0 and 1, got {value}")
+    return np.array([value], dtype=np.float32)
+
+
 def check_mode(streaming: str) -> str:
     """``streaming`` if it is one of STREAMING_MODES, else ``ValueError``."""
     if streaming not in STREAMING_MODES:
@@ -70,11 +78,9 @@ def plan_content(stylizer, height: int, width: int, code):
 def stylize_one(stylizer, image: np.ndarray, code, content_ratio, output_ratio, progress=None,
                 tile=None) -> tuple[np.ndarray, RunInfo]:
     """One (H, W, 3) uint8 content, streamed -> ((H, W, 3) uint8, RunInfo)."""
-    from .stylizer import _ratio
-
     x = im.preprocess([image], stylizer.stride)
-    y, info = executor(stylizer).stylize(x, code.latent, _ratio(content_ratio, "content_ratio"),
-                                         _ratio(output_ratio, "output_ratio"), stylizer.size_policy.budget,
+    y, info = executor(stylizer).stylize(x, code.latent, ratio_input(content_ratio, "content_ratio"),
+                                         ratio_input(output_ratio, "output_ratio"), stylizer.size_policy.budget,
                                          tile=tile, progress=progress)
     stylizer.graph_calls["streaming"] += info.graph_calls
     return im.postprocess(y, [image.shape[:2]])[0], info

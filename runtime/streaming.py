@@ -113,6 +113,7 @@ class StreamingExecutor:
         return self._runner
 
     def close(self) -> None:
+        """Free the segment runner (its sessions or engines); the executor can be used again."""
         if self._runner is not None:
             self._runner.deactivate()
             self._runner = None

@@ -55,11 +55,7 @@ class StyleCode:
         return rep
 
 
-def _ratio(value, name: str) -> np.ndarray:
-    value = float(value)
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must be between 0 and 1, got {value}")
-    return np.array([value], dtype=np.float32)
+_ratio = dispatch.ratio_input   # one check of the ratio inputs, untiled and streamed
 
 
 class Stylizer:
@@ -306,11 +302,22 @@ class Stylizer:
             hs, ws = self.size_policy.fit_style(hs, ws)   # untiled: the style encoder's memory, too
             hs, ws = (max(self.stride, hs // self.stride * self.stride),
                       max(self.stride, ws // self.stride * self.stride))
-        x = im.preprocess([im.resize(image, hs, ws)], self.stride)
+        streamed = None
         if dispatch.style_streams(self, hs, ws, streaming):
-            latent, indices, self.last_run = dispatch.encode_style(self, x, progress)
+            try:
+                streamed = dispatch.encode_style(self, im.preprocess([im.resize(image, hs, ws)], self.stride),
+                                                 progress)
+            except ImageTooLarge:
+                if streaming == "always":
+                    raise
+                # auto: not even streamed within the budget -> the style is downscaled to fit, as untiled
+                hs, ws = self.size_policy.fit_style(hs, ws)
+                hs, ws = (max(self.stride, hs // self.stride * self.stride),
+                          max(self.stride, ws // self.stride * self.stride))
+        if streamed is not None:
+            latent, indices, self.last_run = streamed
         else:
-            latent, indices = self.style_latent(x)
+            latent, indices = self.style_latent(im.preprocess([im.resize(image, hs, ws)], self.stride))
             self.last_run = RunInfo()
         code = StyleCode(np.ascontiguousarray(latent), np.ascontiguousarray(indices), (hs, ws), key[0])
         with self._lock:

@@ -140,6 +140,7 @@ class TensorStore:
         self.write(name, 0, 0, array)
 
     def shape(self, name: str) -> tuple:
+        """The (C, H, W) shape of stored tensor ``name``."""
         return self._ram[name].shape if name in self._ram else self._files[name][1]
 
     def read(self, name: str, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:

@@ -38,7 +38,8 @@ def sessions(exported):
 
 def test_directory_and_manifest(exported, model):
     names = sorted(p.name for p in exported.iterdir())
-    assert names == sorted(["manifest.json", "verification"]  # verification/: reference data (export/reference.py)
+    assert names == sorted(["manifest.json", "verification",  # verification/: reference data (export/reference.py)
+                            "streaming"]                       # streaming/: the segment graphs (export/segments.py)
                            + [g + ".onnx" for g in GRAPHS] + [g + ".fp16.onnx" for g in GRAPHS]
                            # every tiny-model graph attends: its fused-attention ONNX Runtime variants
                            + [g + ".ort.onnx" for g in GRAPHS] + [g + ".fp16.ort.onnx" for g in GRAPHS])

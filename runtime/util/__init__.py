@@ -8,7 +8,7 @@
 from .atomic import atomic_dir, atomic_open, write_bytes, write_json, write_text
 from .digest import sha256_bytes, sha256_file
 from .errors import one_line
-from .psnr import PSNR_CAP_DB, psnr_uint8, psnr_unit
+from .psnr import PSNR_CAP_DB, psnr_from_mse, psnr_uint8, psnr_unit
 
-__all__ = ["PSNR_CAP_DB", "atomic_dir", "atomic_open", "one_line", "psnr_uint8", "psnr_unit",
+__all__ = ["PSNR_CAP_DB", "atomic_dir", "atomic_open", "one_line", "psnr_from_mse", "psnr_uint8", "psnr_unit",
            "sha256_bytes", "sha256_file", "write_bytes", "write_json", "write_text"]

@@ -19,8 +19,12 @@ def _psnr(a, b, peak: float, cap: float | None) -> float:
     b = np.asarray(b, dtype=np.float64)
     if a.shape != b.shape:
         raise ValueError(f"psnr: shapes differ {a.shape} vs {b.shape}")
-    mse = float(np.mean((a - b) ** 2))
-    if mse == 0.0:
+    return psnr_from_mse(float(np.mean((a - b) ** 2)), peak, cap)
+
+
+def psnr_from_mse(mse: float, peak: float = 255.0, cap: float | None = PSNR_CAP_DB) -> float:
+    """PSNR (dB) of a mean squared error already pooled (e.g. over several images) at ``peak``."""
+    if mse <= 0.0:
         return float("inf") if cap is None else float(cap)
     value = 10.0 * math.log10(peak * peak / mse)
     return value if cap is None else min(float(cap), value)
