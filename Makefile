@@ -38,8 +38,11 @@ browser:
 	  || echo "could not install chromium: the browser test will be skipped"; fi
 
 # CI's command: lint, then the whole suite (CPU; budget 10 minutes on 2 cores).
+# tests/test_runtime_cli.py runs in a process of its own: after the rest of the suite, the pytest process
+# died with SIGSEGV during its SIGINT test (reproducible in the full run, not in the module alone; open).
 test: venv lint browser
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra --ignore=tests/test_runtime_cli.py
+	$(BIN)/python -m pytest -q -ra tests/test_runtime_cli.py
 
 # The edit loop: lint, then everything but the `slow` tests (full-size official architecture,
 # multi-process training, the benchmark run, the Ray and browser modules: see tests/conftest.py);
