@@ -60,25 +60,30 @@ def _openvino_plan(model_dir, options: dict):
     cls, reason = availability("openvino")
     if cls is None:
         return None, f"openvino: {reason}"
-    from ..timing import Candidate
-    from ..verify import plan_for, plan_label
     from .openvino import cpu_capabilities
 
     caps = options.get("capabilities")
     caps = [str(c) for c in (caps if caps is not None else cpu_capabilities())]
     if "BF16" not in caps:
         return None, "openvino: this CPU reports no BF16 (OPTIMIZATION_CAPABILITIES), FP32 stays on ONNX Runtime"
-    try:
-        result = plan_for(model_dir, "openvino", "bf16", **options)
-    except ModelError as exc:  # e.g. an export without verification data
-        from ..util import one_line
+    return _verified_plan_candidate(model_dir, "bf16", "openvino", "the verified plan", options)
 
-        return None, f"openvino: {one_line(exc)}"
+
+def _verified_plan_candidate(model_dir, precision: str, tag: str, what: str, options: dict):
+    """(the OpenVINO candidate of ``plan_for(model_dir, "openvino", precision)``, "") or (None, why not)."""
+    from ..timing import Candidate
+    from ..util import one_line
+    from ..verify import plan_for, plan_label
+
+    try:
+        result = plan_for(model_dir, "openvino", precision, **options)
+    except (ModelError, BackendError) as exc:  # e.g. an export without verification data
+        return None, f"{tag}: {one_line(exc)}"
     if all(p == "fp32" for p in result.plan.values()):
-        return None, f"openvino: the verified plan keeps every graph fp32 ({result.reason})"
+        return None, f"{tag}: the verified plan keeps every graph fp32 ({result.reason})"
     how = "cached plan" if result.cached else "verified now"
     return Candidate("openvino", "fp32", plan_label(result.plan), {**options, "plan": dict(result.plan)},
-                     f"openvino with the verified plan ({how}: {result.reason})"), ""
+                     f"openvino with {what} ({how}: {result.reason})"), ""
 
 
 def cpu_candidates(model_dir, options: dict) -> tuple[list, list[str]]:
@@ -108,7 +113,7 @@ def _openvino_int8_plan(model_dir, options: dict):
     the export's accuracy control and the stored references passed, the rest FP32, "") or (None, why not;
     "" when the export holds no INT8 IR)."""
     from ..manifest import load_manifest
-    from ..verify import int8_graphs, plan_for, plan_label
+    from ..verify import int8_graphs
 
     try:
         if not int8_graphs(load_manifest(model_dir, precision="fp32", verify=False)):
@@ -117,18 +122,7 @@ def _openvino_int8_plan(model_dir, options: dict):
         return None, ""
     if availability("openvino")[0] is None:
         return None, ""   # said once by the BF16 candidate
-    from ..timing import Candidate
-    from ..util import one_line
-
-    try:
-        result = plan_for(model_dir, "openvino", "int8", **options)
-    except (ModelError, BackendError) as exc:
-        return None, f"openvino int8: {one_line(exc)}"
-    if all(p == "fp32" for p in result.plan.values()):
-        return None, f"openvino int8: the verified plan keeps every graph fp32 ({result.reason})"
-    how = "cached plan" if result.cached else "verified now"
-    return Candidate("openvino", "fp32", plan_label(result.plan), {**options, "plan": dict(result.plan)},
-                     f"openvino with the verified INT8 plan ({how}: {result.reason})"), ""
+    return _verified_plan_candidate(model_dir, "int8", "openvino int8", "the verified INT8 plan", options)
 
 
 def _measured_cpu_choice(model_dir, options: dict, reasons: list[str]) -> Choice:
