@@ -165,7 +165,8 @@ RSS_SCRIPT = textwrap.dedent("""
     import json, resource, sys
     import numpy as np
     from quantart_runtime import Stylizer, stream_dispatch
-    st = Stylizer.load(sys.argv[1], backend="onnxruntime", intra_op_threads=1)
+    st = Stylizer.load(sys.argv[1], backend="onnxruntime", intra_op_threads=1,
+                       fused_attention=False)     # the standard estimate: untiled exceeds the limit
     code = st.encode_style(np.full((32, 32, 3), 128, np.uint8), size=None)
     stream_dispatch.executor(st).runner()          # the segment sessions are part of the loaded model
     def vm(key):
