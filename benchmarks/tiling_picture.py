@@ -23,7 +23,7 @@ from quantart_runtime.util import atomic_open
 from quantart_runtime.util.atomic import write_text
 
 from .naive_tiling import fidelity, naive_tiled_stylize, tile_geometry
-from .samples import ASSETS
+from .samples import ASSETS, REPO_ROOT
 
 
 def streaming_supported(stylizer) -> tuple[bool, str]:
@@ -35,6 +35,12 @@ def streaming_supported(stylizer) -> tuple[bool, str]:
     if "streaming" in params:
         return True, ""
     return False, "this build's Stylizer.stylize has no streaming= option (the streaming executor is not merged)"
+
+
+def _shown(path) -> str:
+    """``path`` relative to the repository where it lies inside it (the committed JSON names no machine)."""
+    path = Path(path).resolve()
+    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
 
 
 def stylize_streaming(stylizer, content: np.ndarray, code) -> np.ndarray:
@@ -78,7 +84,7 @@ def make_picture(model_dir, content_path, style_path, size: int, tile: int, out:
     from .samples import photo
 
     content = photo(Path(content_path), size, size)
-    record = {"model": str(model_dir), "content": str(content_path), "style": str(style_path), "size": size,
+    record = {"model": str(model_dir), "content": _shown(content_path), "style": _shown(style_path), "size": size,
               "tile": tile, "panels": {}}
     with Stylizer.load(model_dir, backend=backend) as st:
         code = st.encode_style(load_image(style_path), size=style_size)
