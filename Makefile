@@ -39,13 +39,14 @@ browser:
 
 # CI's command: lint, then the whole suite on two pytest-xdist workers, each module whole in one worker
 # (`--dist loadfile`: its module fixtures are built once); budget 15 minutes on 2 cores.
+PYTEST := $(BIN)/python -m pytest -q -ra -n 2 --dist loadfile
 test: venv lint browser
-	$(BIN)/python -m pytest -q -ra -n 2 --dist loadfile
+	$(PYTEST)
 
 # The edit loop: lint, then everything but the `slow` tests (full-size official architecture,
 # multi-process training, the benchmark run, the Ray and browser modules: see tests/conftest.py);
 # budget 3 minutes on 2 cores. No browser needed: the page test is in the slow lane.
 test-fast: venv lint
-	$(BIN)/python -m pytest -q -ra -n 2 --dist loadfile -m "not slow"
+	$(PYTEST) -m "not slow"
 
 .PHONY: venv demo lint browser test test-fast

@@ -38,7 +38,7 @@ def streaming_supported(stylizer) -> tuple[bool, str]:
 
 
 def _shown(path) -> str:
-    """``path`` relative to the repository where it lies inside it (the committed JSON names no machine)."""
+    """``path`` relative to the repository where it lies inside it, else as given resolved."""
     path = Path(path).resolve()
     return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
 
@@ -84,7 +84,7 @@ def make_picture(model_dir, content_path, style_path, size: int, tile: int, out:
     from .samples import photo
 
     content = photo(Path(content_path), size, size)
-    record = {"model": str(model_dir), "content": _shown(content_path), "style": _shown(style_path), "size": size,
+    record = {"model": _shown(model_dir), "content": _shown(content_path), "style": _shown(style_path), "size": size,
               "tile": tile, "panels": {}}
     with Stylizer.load(model_dir, backend=backend) as st:
         code = st.encode_style(load_image(style_path), size=style_size)
