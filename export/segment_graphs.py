@@ -4,8 +4,15 @@ Each segment is small (one GroupNorm'd convolution, an attention piece, a neares
 built directly with ``onnx.helper`` instead of tracing: every spatial dimension is dynamic, the node
 pattern is fixed (what the TensorRT / fused-attention passes match), and a model's hundred segments
 export in seconds. Numerics are those of the torch modules (``quantart.modules.blocks``); a GroupNorm
-takes its statistics as graph inputs ``mean`` / ``rstd`` (1, C, 1, 1), so ``GN(x) = (x − mean) · rstd ·
-γ + β`` with statistics over the whole image (accumulated by the runtime, float64).
+takes its statistics as graph inputs ``mean`` / ``rstd`` (1, C, 1, 1), so ``GN(x) = x · a + b`` with
+``a = rstd · γ`` and ``b = β − mean · a`` (folded on the (1, C, 1, 1) tensors: two passes over the
+image instead of three) with statistics over the whole image (accumulated by the runtime, float64).
+
+An output that a later GroupNorm reads also gives the runtime its statistics, computed where the tile
+is still in cache-sized pieces of the graph's own pass (``row_stats``): ``<out>_ref`` (1, C, 1, 1), the
+channel means of the tile's first row, and per-row sums ``<out>_sum`` / ``<out>_sq`` (B, C, rows) of
+``y − ref`` and its square, each over one row (float32 over at most a row's width, then float64 in the
+runtime; the shift keeps a large mean from cancelling the variance).
 """
 from __future__ import annotations
 
@@ -14,6 +21,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 OPSET = 18
+STATS = ("ref", "sum", "sq")   # the row-statistics outputs of a normalised tensor: <out>_ref / _sum / _sq
 _ELEM = {"float32": TensorProto.FLOAT, "int64": TensorProto.INT64}
 
 
@@ -68,12 +76,34 @@ class GraphBuilder:
 
     # -- the modules' pieces ---------------------------------------------------------------------
     def norm(self, x: str, mean: str, rstd: str, gn) -> str:
-        """GroupNorm with given per-channel statistics: (x − mean) · (rstd · γ) + β."""
+        """GroupNorm with given per-channel statistics: x · a + b, a = rstd · γ, b = β − mean · a."""
         c = gn.num_channels
         gamma = self.const(_np(gn.weight).reshape(1, c, 1, 1), "gamma")
         beta = self.const(_np(gn.bias).reshape(1, c, 1, 1), "beta")
         scale = self.op("Mul", [rstd, gamma])
-        return self.op("Add", [self.op("Mul", [self.op("Sub", [x, mean]), scale]), beta])
+        shift = self.op("Sub", [beta, self.op("Mul", [mean, scale])])
+        return self.op("Add", [self.op("Mul", [x, scale]), shift])
+
+    def row_stats(self, y: str) -> tuple[str, str, str]:
+        """(ref, per-row sums of y − ref, per-row sums of (y − ref)²) of a (B, C, h, w) value; ref is the
+        (1, C, 1, 1) mean of the first row (any per-channel reference is exact; a near one keeps the
+        float32 row sums of squares from cancelling)."""
+        axis = lambda *a: self.const(np.array(a, dtype=np.int64), "axes")  # noqa: E731
+        first = self.op("Slice", [y, axis(0), axis(1), axis(2)])
+        ref = self.op("ReduceMean", [first, axis(0, 2, 3)], keepdims=1)
+        d = self.op("Sub", [y, ref])
+        return ref, self.op("ReduceSum", [d, axis(3)], keepdims=0), self.op("ReduceSumSquare", [d, axis(3)],
+                                                                               keepdims=0)
+
+    def output_tensor(self, value: str, name: str, shape, tensor: dict) -> None:
+        """``output`` for a float tensor of the schedule, with its ``row_stats`` outputs when a later
+        GroupNorm reads it (``tensor["groups"]``)."""
+        stats = self.row_stats(value) if tensor["groups"] else None
+        self.output(value, name, shape)
+        if stats:
+            c = shape[1]
+            for suffix, v, s in zip(STATS, stats, ([1, c, 1, 1], [shape[0], c, shape[2]], [shape[0], c, shape[2]])):
+                self.output(v, f"{name}_{suffix}", s)
 
     def silu(self, x: str) -> str:
         """x * sigmoid(x) (the official ``nonlinearity``)."""
@@ -174,8 +204,8 @@ def build_segment(name: str, step: dict, parts: dict, tensors: dict) -> onnx.Mod
         y = g.op("Add", [skip, y])
     elif op == "attn_kv":          # k, v of the normalised keys
         xn = g.norm(x, mean, rstd, m.norm)
-        g.output(g.conv(xn, m.k), "k", ["batch", cin, "h", "w"])
-        g.output(g.conv(xn, m.v), "v", ["batch", cin, "h", "w"])
+        for key, conv in (("k", m.k), ("v", m.v)):
+            g.output_tensor(g.conv(xn, conv), key, ["batch", cin, "h", "w"], tensors[step["outputs"][key]])
         return g.model()
     elif op == "attn_out":         # [x +] proj_out(attention(q(norm(x)), k, v))
         y = g.conv(g.attention(g.conv(g.norm(x, mean, rstd, m.norm), m.q), k, v, cin), m.proj_out)
@@ -193,9 +223,10 @@ def build_segment(name: str, step: dict, parts: dict, tensors: dict) -> onnx.Mod
     if parts.get("codebook") is not None:
         q, idx = g.nearest_code(y, parts["codebook"], ratio)
         names = list(step["outputs"])
-        g.output(q, names[0], ["batch", tensors[step["outputs"][names[0]]]["channels"], "oh", "ow"])
+        latent = tensors[step["outputs"][names[0]]]
+        g.output_tensor(q, names[0], ["batch", latent["channels"], "oh", "ow"], latent)
         g.output(idx, names[1], ["batch", "oh", "ow"], "int64")
         return g.model()
-    cout = tensors[step["outputs"]["y"]]["channels"]
-    g.output(y, "y", ["batch", cout, "oh", "ow"])
+    out = tensors[step["outputs"]["y"]]
+    g.output_tensor(y, "y", ["batch", out["channels"], "oh", "ow"], out)
     return g.model()

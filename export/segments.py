@@ -15,7 +15,8 @@ graph, what ``segment_graphs.build_segment`` needs. Four chains, one per untiled
 
 Each step: ``graph``, ``op``, ``inputs`` (tiled: read over the tile's window), ``whole`` (k, v: every
 token), ``norm`` (the tensor whose statistics the step's GroupNorm takes), ``ratio``, ``outputs``
-({graph output: tensor}), ``resample`` ("same", "down", "up"), ``pre_halo`` (pixels of context the step
+({graph output: tensor}), ``stats`` (the outputs whose graph also gives ``<out>_ref`` / ``_sum`` / ``_sq``,
+their row statistics), ``resample`` ("same", "down", "up"), ``pre_halo`` (pixels of context the step
 needs at its input resolution before resampling) and ``post_halo`` (after it). Tensors: ``domain``
 ("content" or "style"), ``stride``, ``channels``, ``dtype`` and ``groups`` (when a GroupNorm reads it).
 """
@@ -25,7 +26,7 @@ from pathlib import Path
 
 from .segment_graphs import build_segment
 
-SCHEDULE_VERSION = 1
+SCHEDULE_VERSION = 2   # 2: steps list ``stats``, the outputs whose graphs give their row statistics
 NORM_EPS = 1e-6
 
 
@@ -149,6 +150,9 @@ def build_schedule(model) -> tuple[dict, dict]:
              {"latent": "style_latent", "indices": "style_indices"}, model.quantize_dec.embedding.weight)
     _sga(p, model, "content_latent", "style_latent", {"latent": "stylized_latent", "indices": "indices"})
     _decoder(p, "decoder", model, "stylized_latent", "output_image")
+    for s in p.steps:   # outputs a later GroupNorm reads: their graphs give row statistics (segment_graphs)
+        s["stats"] = [k for k, t in s["outputs"].items()
+                      if p.tensors[t]["groups"] and p.tensors[t]["dtype"] == "float32"]
     chains = {}
     for chain, ins, outs in (("content_encoder", ["image"], ["content_latent"]),
                              ("style_encoder", ["style_image"], ["style_latent", "style_indices"]),

@@ -22,7 +22,8 @@ import numpy as np
 
 from . import memory
 from .errors import ImageTooLarge, ModelError
-from .tensor_store import NormStats, TensorStore, disk_free, temp_parent
+from .norm_stats import NormStats
+from .tensor_store import BufferPool, TensorStore, disk_free, temp_parent
 from .tiling import input_extent, out_size, tiles, window
 
 TILE_FRACTION = 0.3        # of the budget, for one tile's working memory (the rest holds the store)
@@ -49,6 +50,8 @@ class Plan:
     peak_bytes: int
     disk_bytes: int
     tiles: int
+    ram_bytes: int = 0     # intermediates held in RAM at most
+    window_bytes: int = 0  # the largest step's input windows (read into reused scratch buffers)
 
 
 @dataclass
@@ -90,6 +93,7 @@ class StreamingExecutor:
         self._runner = None
         self.calls = 0
         self.ram_store_cap: int | None = None   # bytes of intermediates kept in RAM at most (None: the budget's)
+        self.pool = BufferPool()   # RAM tensor buffers kept between runs, at most the last plan's store RAM
 
     # -- the segment runner -------------------------------------------------------------------
     def runner(self):
@@ -105,15 +109,29 @@ class StreamingExecutor:
                                      f"match its sha256 (re-export the model)")
             view = {**self.manifest, "graphs": {"fp32": entries}, "_graph_names": tuple(entries)}
             options = {k: v for k, v in self.main.options.items() if k != "plan"}
-            if self.main.name == "onnxruntime":   # ~100 sessions: an arena each would keep its peak tile
-                options["memory_arena"] = False
+            if self.main.name == "onnxruntime":
+                # ~100 segment sessions share the process's one CPU arena, which keeps the largest tile's
+                # working set (what the plan budgets): measured 1.5× faster than no arena (fresh pages for
+                # every tile). Where this onnxruntime has no shared arena, none: an arena per session would
+                # keep every segment's peak at once.
+                import onnxruntime as ort
+
+                from .backends.onnxruntime import shared_cpu_arena
+                options["memory_arena"] = options.get("memory_arena", True) is not False and shared_cpu_arena(ort)
             runner = type(self.main)(root, view, precision="fp32", device=self.main.device, **options)
             runner.activate()
             self._runner = runner
         return self._runner
 
+    def release_buffers(self) -> None:
+        """Hand the buffers kept between runs back (the Stylizer calls this before an untiled run, whose
+        memory budget does not count them)."""
+        self.pool.trim(0)
+
     def close(self) -> None:
-        """Free the segment runner (its sessions or engines); the executor can be used again."""
+        """Free the segment runner (its sessions or engines) and the kept buffers; the executor can be
+        used again."""
+        self.release_buffers()
         if self._runner is not None:
             self._runner.deactivate()
             self._runner = None
@@ -195,16 +213,17 @@ class StreamingExecutor:
         if self.ram_store_cap is not None:
             ram_cap = min(ram_cap, self.ram_store_cap)
         nbytes = lambda t: int(np.prod(self._shape(t, domains))) * (8 if self.tensors[t]["dtype"] == "int64" else 4)  # noqa: E731
-        on_disk, live, ram, disk, peak, peak_disk = {}, set(), 0, 0, 0, 0
+        on_disk, live, ram, disk, peak, peak_disk, peak_ram = {}, set(), 0, 0, 0, 0, 0
 
         def alloc(t):
-            nonlocal ram, disk, peak_disk
+            nonlocal ram, disk, peak_disk, peak_ram
             on_disk[t] = ram + nbytes(t) > ram_cap and nbytes(t) > SMALL_TENSOR
             if on_disk[t]:
                 disk += nbytes(t)
                 peak_disk = max(peak_disk, disk)
             else:
                 ram += nbytes(t)
+                peak_ram = max(peak_ram, ram)
             live.add(t)
 
         for t in sources:
@@ -233,7 +252,18 @@ class StreamingExecutor:
             raise ImageTooLarge(f"{domains['content'][1]}x{domains['content'][0]}: streaming needs "
                                 f"{peak_disk / 2**30:.2f} GiB of temporary disk in {temp_parent()}, "
                                 f"{free / 2**30:.2f} GiB free (set QUANTART_TEMP_DIR or raise the memory budget)")
-        return Plan(planned, on_disk, last_use, int(peak), int(peak_disk), sum(len(p.grid) for p in planned))
+        windows = max(self._window_bytes(p) for p in planned)
+        return Plan(planned, on_disk, last_use, int(peak), int(peak_disk), sum(len(p.grid) for p in planned),
+                    int(peak_ram), int(windows))
+
+    def _window_bytes(self, p: StepPlan) -> int:
+        """Bytes of one tile's input windows of planned step ``p`` (part of its ``work_bytes``)."""
+        s = p.step
+        th = max(r1 - r0 for r0, r1, _, _ in p.grid)
+        tw = max(c1 - c0 for _, _, c0, c1 in p.grid)
+        win = (input_extent(th, s["resample"], s["pre_halo"], s["post_halo"])
+               * input_extent(tw, s["resample"], s["pre_halo"], s["post_halo"]))
+        return 4 * win * sum(self.tensors[t]["channels"] for t in s["inputs"].values())
 
     # -- running -------------------------------------------------------------------------------
     def execute(self, plan: Plan, sources: dict, domains: dict, ratios: dict, keep: tuple, info: RunInfo,
@@ -241,7 +271,8 @@ class StreamingExecutor:
         """Run a plan: ``sources`` {tensor: array}; returns {kept tensor: array}. ``norm="tile"`` (tests
         only) normalises each tile with its own statistics, the naive tiling that is NOT exact."""
         runner = self.runner()
-        store = TensorStore(plan.disk_bytes)
+        self.pool.trim(plan.ram_bytes + 2 * plan.window_bytes)   # store + scratch (read, disk transpose)
+        store = TensorStore(plan.disk_bytes, pool=self.pool)
         stats: dict[str, NormStats] = {}
         done, total = 0, plan.tiles
         try:
@@ -267,7 +298,7 @@ class StreamingExecutor:
                     cw = window(c0, c1, in_shape[3], s["resample"], s["pre_halo"], s["post_halo"])
                     feeds = dict(feeds_const)
                     for key, t in s["inputs"].items():
-                        feeds[key] = store.read(t, rw.start, rw.stop, cw.start, cw.stop)
+                        feeds[key] = store.read(t, rw.start, rw.stop, cw.start, cw.stop, scratch=key)
                     if s["norm"] and norm == "tile":
                         local = NormStats(feeds["x"].shape[1], self.tensors[s["norm"]]["groups"])
                         local.add(feeds["x"])
@@ -279,8 +310,7 @@ class StreamingExecutor:
                         core = y[..., rw.crop:rw.crop + r1 - r0, cw.crop:cw.crop + c1 - c0]
                         store.write(t, r0, c0, core if core.ndim == 4 else core[:, None])
                         if self.tensors[t]["groups"]:
-                            stats.setdefault(t, NormStats(self.tensors[t]["channels"], self.tensors[t]["groups"]))
-                            stats[t].add(core)
+                            self._accumulate(stats, t, key, out, core, rw.crop, r1 - r0)
                     done += 1
                     if progress is not None:
                         progress(done, total)
@@ -296,6 +326,18 @@ class StreamingExecutor:
             info.peak_disk_bytes = max(info.peak_disk_bytes, store.peak_disk_bytes)
             info.peak_store_bytes = max(info.peak_store_bytes, store.peak_ram_bytes)
             store.close()
+
+    def _accumulate(self, stats: dict, t: str, key: str, out: dict, core: np.ndarray, crop: int, rows: int) -> None:
+        """Add an output tile's core to tensor ``t``'s statistics: the graph's own row statistics when it
+        gives them and the tile spans its output's whole width (no column halo to leave out), else
+        summed here from the core."""
+        acc = stats.setdefault(t, NormStats(self.tensors[t]["channels"], self.tensors[t]["groups"]))
+        sums = out.get(f"{key}_sum")
+        if sums is not None and core.shape[-1] == out[key].shape[-1]:
+            acc.add_rows(out[f"{key}_ref"], sums[..., crop:crop + rows], out[f"{key}_sq"][..., crop:crop + rows],
+                         core.shape[-1])
+        else:
+            acc.add(core)
 
     def _stats(self, name: str, array: np.ndarray, stats: dict) -> None:
         groups = self.tensors[name]["groups"]

@@ -401,6 +401,11 @@ class Stylizer:
         for i, img in enumerate(items):
             if i not in streamed:
                 groups.setdefault(im.padded_size(*img.shape[:2], self.stride), []).append(i)
+        if groups and self._streaming is not None:   # the streamed runs' kept buffers stay while they fit too
+            need = max(self.size_policy.geometry.peak_bytes(hp, wp, 1, style_tokens) for hp, wp in groups)
+            batched = any(len(m) > 1 for m in groups.values())   # a batch is sized to the whole budget
+            if batched or need + self._streaming.pool.held_bytes > self.size_policy.budget:
+                self._streaming.release_buffers()
         for (hp, wp), members in groups.items():
             step = min(int(batch_size) if batch_size else self.default_batch_size(hp, wp), self.max_batch,
                        max(1, self.size_policy.max_batch(hp, wp, style_tokens)))

@@ -135,8 +135,9 @@ class OnnxRuntimeRunner(Runner):
         inter_op_threads: threads across operators (1: sequential execution).
         fused_attention: None (default): run each graph's fused-attention variant where the manifest lists
             one and the first provider is CPU or CUDA; False: the standard graphs; True: require them.
-        memory_arena: keep ONNX Runtime's per-session CPU arena and memory patterns (default True); the
-            streaming executor's many segment sessions run without (an arena keeps its peak for good).
+        memory_arena: use a CPU arena and memory patterns (default True): the process's one shared arena
+            (``shared_cpu_arena``) where this onnxruntime has it, else one per session; False: plain
+            allocations (the streaming executor's segment sessions, when no shared arena exists).
 
     Native values are ``onnxruntime.OrtValue`` on the session's device ("cpu" or "cuda"):
     ``infer(..., host_outputs=False)`` binds outputs on that device and returns them, and OrtValue

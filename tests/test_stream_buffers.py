@@ -1,0 +1,120 @@
+"""The streaming executor's fast path on the tiny model: GroupNorm statistics from the segment graphs' own
+row sums (exact against numpy float64, whichever reference each tile used), and RAM buffers reused
+between tensors and runs without ever touching a caller's array or holding more than the plan's cap."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from quantart_runtime import stream_dispatch as dispatch
+from quantart_runtime.norm_stats import NormStats
+from quantart_runtime.tensor_store import BufferPool, TensorStore
+
+
+def _rows(x: np.ndarray, ref: np.ndarray):
+    """What a segment graph's row_stats outputs hold for tile x (1, C, h, w) around ref (1, C, 1, 1)."""
+    d = x - ref
+    return d.sum(axis=3), np.square(d).sum(axis=3)
+
+
+def test_row_sums_with_per_tile_references_match_float64():
+    rng = np.random.default_rng(0)
+    x = (500.0 + 3 * rng.standard_normal((1, 32, 40, 24))).astype(np.float32)   # large mean, small variance
+    rows, cols = NormStats(32, 8), NormStats(32, 8)
+    for r0 in range(0, 40, 13):          # full-width bands, each around its own first row's mean
+        band = x[:, :, r0:r0 + 13]
+        ref = band[:, :, :1].mean(axis=(2, 3), keepdims=True).astype(np.float32)
+        rows.add_rows(ref, *_rows(band, ref), band.shape[3])
+    for r0 in range(0, 40, 13):
+        cols.add(np.ascontiguousarray(x[:, :, r0:r0 + 13]))
+    g = x.astype(np.float64).reshape(8, -1)
+    assert rows.count == cols.count == g.shape[1]
+    assert np.allclose(rows.sum, cols.sum, rtol=1e-12) and np.allclose(rows.sq, cols.sq, rtol=1e-12)
+    mean, rstd = rows.mean_rstd(1e-6)
+    assert np.allclose(mean[0, ::4, 0, 0], g.mean(1), rtol=1e-7)
+    assert np.allclose(rstd[0, ::4, 0, 0], 1 / np.sqrt(g.var(1) + 1e-6), rtol=1e-5)
+
+
+def test_segment_graphs_give_row_statistics(model_dir):
+    """Every output a later GroupNorm reads has <out>_ref/_sum/_sq in its graph, and the manifest says so."""
+    manifest = json.loads((Path(model_dir) / "manifest.json").read_text())
+    section = manifest["streaming"]
+    assert section["version"] >= 2
+    entries = section["graphs"]["fp32"]
+    with_stats = 0
+    for chain in section["chains"].values():
+        for step in chain["steps"]:
+            names = {o["name"] for o in entries[step["graph"]]["outputs"]}
+            for key, tensor in step["outputs"].items():
+                normed = bool(section["tensors"][tensor]["groups"])
+                assert (key in step["stats"]) == normed
+                assert ({f"{key}_ref", f"{key}_sum", f"{key}_sq"} <= names) == normed
+                with_stats += normed
+    assert with_stats > 10
+
+
+def test_both_statistics_paths_agree_with_untiled(stylizer, monkeypatch):
+    """Whole tiles take the graphs' row sums; column tiles (a halo to leave out) sum their cores here."""
+    rng = np.random.default_rng(5)
+    code = stylizer.encode_style(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8), size=None)
+    img = rng.integers(0, 256, (60, 76, 3), dtype=np.uint8)
+    ref = stylizer.stylize(img, code, streaming="never")
+    calls = {"add": 0, "add_rows": 0}
+    for name in calls:
+        orig = getattr(NormStats, name)
+        monkeypatch.setattr(NormStats, name, lambda self, *a, _o=orig, _n=name: (calls.__setitem__(_n, calls[_n] + 1),
+                                                                                 _o(self, *a))[1])
+    seen = {}
+    for tile in (None, (64, 6)):
+        for name in calls:
+            calls[name] = 0
+        out, _ = dispatch.stylize_one(stylizer, img, code, 1.0, 1.0, tile=tile)
+        seen[tile] = dict(calls)
+        d = np.abs(out.astype(int) - ref.astype(int))
+        assert np.mean(d <= 1) >= 0.999 and d.max() <= 2
+    assert seen[None]["add_rows"] > 10 and seen[None]["add"] <= 1          # 1: the style latent, a source
+    assert seen[(64, 6)]["add"] > seen[None]["add"] + 10
+
+
+def test_pool_reuses_within_its_cap_and_never_a_callers_array():
+    pool = BufferPool(cap=3 << 20)
+    store = TensorStore(pool=pool)
+    mine = np.arange(4 * 256 * 256, dtype=np.float32).reshape(1, 4, 256, 256)   # the caller's, 1 MiB
+    keep = mine.copy()
+    store.put("src", mine)
+    store.create("a", (1, 4, 256, 256), np.float32, False)     # 1 MiB
+    first = store.whole("a")
+    store.free("a")
+    store.free("src")                                           # the caller's array: never pooled
+    assert pool.held_bytes == 1 << 20
+    store.create("b", (1, 4, 256, 256), np.float32, False)
+    assert np.shares_memory(store.whole("b"), first)            # reused
+    store.whole("b")[...] = 7
+    assert np.array_equal(mine, keep)
+    for i in range(6):                                          # live + pooled stays within the cap
+        store.create(f"c{i}", (1, 4, 256, 256), np.float32, False)
+    for i in range(6):
+        store.free(f"c{i}")
+        assert pool.held_bytes <= max(0, pool.cap - store.ram_bytes)
+    store.close()
+    assert pool.held_bytes <= pool.cap
+    pool.trim(0)
+    assert pool.held_bytes == 0
+
+
+def test_kept_buffers_survive_runs_and_leave_for_untiled_batches(stylizer):
+    rng = np.random.default_rng(7)
+    code = stylizer.encode_style(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8), size=None)
+    before = code.latent.copy()
+    img = rng.integers(0, 256, (60, 76, 3), dtype=np.uint8)
+    a = stylizer.stylize(img, code, streaming="always")
+    pool = dispatch.executor(stylizer).pool
+    assert pool.held_bytes > 0
+    b = stylizer.stylize(img, code, streaming="always")        # a second run on reused buffers: same result
+    assert np.array_equal(a, b)
+    assert np.array_equal(code.latent, before)                  # the cached style code was never a buffer
+    stylizer.stylize([img, img], code, streaming="never")       # a batch sized to the budget: buffers go
+    assert pool.held_bytes == 0
