@@ -34,6 +34,23 @@ INPUT_EXTENSIONS = frozenset(IMAGE_EXTENSIONS)
 OUTPUT_FORMATS = ("same", *OUTPUT_EXTENSIONS)
 
 
+class DeadlineExceeded(TimeoutError):
+    """A streamed image stopped because the time its requests allowed had passed."""
+
+
+def deadline_progress(deadline: float, then: Callable | None = None) -> Callable:
+    """A streaming progress callback that raises ``DeadlineExceeded`` once ``time.monotonic()`` passes
+    ``deadline`` (checked at every tile), else calls ``then(done, total)``."""
+    import time
+
+    def progress(done: int, total: int) -> None:
+        if time.monotonic() > deadline:
+            raise DeadlineExceeded(f"stopped after {done} of {total} tiles: the request's time limit passed")
+        if then is not None:
+            then(done, total)
+    return progress
+
+
 def failure_reason(exc: BaseException) -> str:
     """The one-line reason reported for an item that failed with ``exc`` (any exception type)."""
     if isinstance(exc, ImageError):
@@ -201,17 +218,20 @@ class StylizeCore:
 
     # -- stylization -------------------------------------------------------------------------
     def stylize_many(self, images: list[np.ndarray], code=None, content_ratio=None,
-                     output_ratio=None) -> list:
+                     output_ratio=None, deadline: float | None = None) -> list:
         """Stylize prepared images together; returns, in order, each result array or the exception
-        that image raised (a failing batch is retried image by image)."""
+        that image raised (a failing batch is retried image by image). ``deadline`` (``time.monotonic``):
+        a streamed image still running then stops at its next tile with ``DeadlineExceeded`` (its
+        temporary files removed), so no work outlives the requests waiting for it."""
         code = code if code is not None else self.code
+        progress = self.progress if deadline is None else deadline_progress(deadline, self.progress)
         options = dict(content_ratio=self.content_ratio if content_ratio is None else content_ratio,
                        output_ratio=self.output_ratio if output_ratio is None else output_ratio)
         if not images:
             return []
         try:
             return list(self.stylizer.stylize(list(images), code, batch_size=self.batch_size, **options,
-                                              streaming=self.streaming, progress=self.progress))
+                                              streaming=self.streaming, progress=progress))
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:  # noqa: BLE001 - isolate the failing image(s) below
@@ -221,7 +241,7 @@ class StylizeCore:
         for image in images:
             try:
                 results.append(self.stylizer.stylize(image, code, **options, streaming=self.streaming,
-                                                     progress=self.progress))
+                                                     progress=progress))
             except (KeyboardInterrupt, SystemExit):
                 raise
             except BaseException as exc:  # noqa: BLE001 - reported for this image

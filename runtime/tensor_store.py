@@ -18,6 +18,7 @@ import mmap
 import os
 import shutil
 import tempfile
+import threading
 
 import numpy as np
 
@@ -59,37 +60,46 @@ class BufferPool:
     def __init__(self, cap: int | None = None):
         self.cap = cap
         self._free: list[np.ndarray] = []
+        self._lock = threading.Lock()   # a style encoding may stream while a content does (the service)
 
     @property
     def held_bytes(self) -> int:
         """Bytes of the buffers in the pool."""
-        return sum(b.nbytes for b in self._free)
+        with self._lock:
+            return sum(b.nbytes for b in self._free)
 
     def take(self, nbytes: int) -> np.ndarray:
         """The smallest pooled buffer of ``nbytes`` up to ``POOL_SLACK`` more, else a fresh one."""
-        fits = [i for i, b in enumerate(self._free) if nbytes <= b.nbytes <= nbytes * (1 + POOL_SLACK)]
-        if fits:
-            return self._free.pop(min(fits, key=lambda i: self._free[i].nbytes))
+        with self._lock:
+            fits = [i for i, b in enumerate(self._free) if nbytes <= b.nbytes <= nbytes * (1 + POOL_SLACK)]
+            if fits:
+                return self._free.pop(min(fits, key=lambda i: self._free[i].nbytes))
         return fresh_buffer(nbytes)
 
     def give(self, flat: np.ndarray, live_bytes: int) -> None:
         """Keep ``flat`` while ``live_bytes`` + pooled stay within ``cap`` (small buffers go first)."""
-        if self.cap is None:
-            return
-        self._free.append(flat)
-        self.trim(self.cap, live_bytes)
+        with self._lock:
+            if self.cap is None:
+                return
+            self._free.append(flat)
+            self._trim(self.cap, live_bytes)
 
     def trim(self, cap: int | None, live_bytes: int = 0) -> None:
         """Set the cap and drop buffers (smallest first) until ``live_bytes`` + pooled fit it."""
+        with self._lock:
+            self._trim(cap, live_bytes)
+
+    def _trim(self, cap: int | None, live_bytes: int) -> None:
         self.cap = cap
         self._free.sort(key=lambda b: b.nbytes)
-        pooled = self.held_bytes
+        pooled = sum(b.nbytes for b in self._free)
         while self._free and (cap is None or live_bytes + pooled > cap):
             pooled -= self._free.pop(0).nbytes
 
     def clear(self) -> None:
         """Drop every pooled buffer."""
-        self._free.clear()
+        with self._lock:
+            self._free.clear()
 
 
 class TensorStore:

@@ -118,3 +118,28 @@ def test_kept_buffers_survive_runs_and_leave_for_untiled_batches(stylizer):
     assert np.array_equal(code.latent, before)                  # the cached style code was never a buffer
     stylizer.stylize([img, img], code, streaming="never")       # a batch sized to the budget: buffers go
     assert pool.held_bytes == 0
+
+
+def test_a_deadline_stops_a_streamed_image_and_removes_its_files(model_dir, tmp_path, monkeypatch):
+    """The service's time limit: a streamed image past its requests' deadline stops at the next tile."""
+    import time
+
+    from quantart_runtime import Stylizer
+    from quantart_runtime.core import DeadlineExceeded, StylizeCore
+    from quantart_runtime.tensor_store import TEMP_ENV
+
+    monkeypatch.setenv(TEMP_ENV, str(tmp_path))
+    st = Stylizer.load(model_dir, backend="onnxruntime")
+    rng = np.random.default_rng(9)
+    st.set_memory_budget("96M")
+    code = st.encode_style(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8), size=None)
+    core = StylizeCore(st, code, streaming="always")
+    img = rng.integers(0, 256, (600, 600, 3), dtype=np.uint8)
+    seen = []
+    core.progress = lambda done, total: seen.append(done)
+    [err] = core.stylize_many([img], deadline=time.monotonic() - 1)    # already past: stops at tile 1
+    assert isinstance(err, DeadlineExceeded) and "of" in str(err) and seen == []
+    assert list(tmp_path.iterdir()) == []
+    [out] = core.stylize_many([img[:64, :80]], deadline=time.monotonic() + 600)
+    assert out.shape == (64, 80, 3) and seen
+    st.close()

@@ -10,7 +10,7 @@ import re
 import numpy as np
 from PIL import Image
 
-from ..core import failure_reason
+from ..core import DeadlineExceeded, failure_reason
 from ..errors import ImageError, ImageTooLarge
 from ..images import check_min_size, load_image
 
@@ -134,9 +134,12 @@ def parse_flag(value, name: str, default: bool) -> bool:
 
 def failure_for(exc: BaseException, what: str) -> HTTPFailure:
     """The HTTP answer for a per-item failure: 413 above the memory limit, 400 an unusable image or
-    value, 503 out of memory, else 500 (a bug, logged by the caller); the reason is one line."""
+    value, 503 out of memory, 504 a streamed image stopped at the request's time limit, else 500 (a bug,
+    logged by the caller); the reason is one line."""
     if isinstance(exc, HTTPFailure):
         return exc
+    if isinstance(exc, DeadlineExceeded):
+        return HTTPFailure(504, f"{what}: {failure_reason(exc)}")
     if isinstance(exc, ImageTooLarge):
         return HTTPFailure(413, f"{what}: {exc}")
     if isinstance(exc, ValueError):  # ImageError is a ValueError

@@ -34,6 +34,7 @@ bounded as well.
 # No `from __future__ import annotations`: FastAPI must see the real `Request` annotations.
 import asyncio
 import logging
+import time
 from collections import OrderedDict
 from pathlib import Path
 
@@ -232,7 +233,8 @@ class StylizeService:
             raise HTTPFailure(413, f"content: {exc}") from None
         except ImageError as exc:
             raise HTTPFailure(400, f"content: {exc}") from None
-        result = await self._stylize_batch((prepared.image, code, content_ratio, output_ratio))
+        deadline = time.monotonic() + self.timeout_s   # a streamed image stops at its next tile past it
+        result = await self._stylize_batch((prepared.image, code, content_ratio, output_ratio, deadline))
         if isinstance(result, BaseException):
             failure = http_io.failure_for(result, "content")
             if failure.status >= 500:
@@ -282,16 +284,18 @@ class StylizeService:
         return await asyncio.to_thread(self._run_jobs, jobs)
 
     def _run_jobs(self, jobs: list[tuple]) -> list:
-        """Stylize a batch of (image, style code, content_ratio, output_ratio): one runtime call per
-        distinct (style, ratios); an exception is returned in place of that group's images."""
+        """Stylize a batch of (image, style code, content_ratio, output_ratio, deadline): one runtime call
+        per distinct (style, ratios), streamed images stopped once every request of the call has timed
+        out (its latest deadline); an exception is returned in place of that group's images."""
         groups: dict[tuple, list[int]] = {}
-        for i, (_, code, content_ratio, output_ratio) in enumerate(jobs):
+        for i, (_, code, content_ratio, output_ratio, _) in enumerate(jobs):
             groups.setdefault((id(code), content_ratio, output_ratio), []).append(i)
         results: list = [None] * len(jobs)
         for (_, content_ratio, output_ratio), members in groups.items():
             # the core's error policy: a failing image gets its own exception, the others their result
             outs = self.core.stylize_many([jobs[i][0] for i in members], jobs[members[0]][1],
-                                          content_ratio=content_ratio, output_ratio=output_ratio)
+                                          content_ratio=content_ratio, output_ratio=output_ratio,
+                                          deadline=max(jobs[i][4] for i in members))
             for i, out in zip(members, outs):
                 results[i] = out
         return results
