@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+
 def bench_name(candidate: dict) -> str:
     """The ``quantart bench`` backend that runs a timing candidate (``timing.Candidate`` as a dict)."""
     if candidate["backend"] == "onnxruntime":
@@ -76,7 +77,8 @@ def main(argv=None) -> int:
     record = {"model": args.model, "size": size, "auto": auto, "bench_p50_s": p50, "auto_pick": picked,
               "bench_fastest": fastest, "agree": picked == fastest}
     (out.with_suffix(".json")).write_text(json.dumps(record, indent=1))
-    rows = ["| candidate | auto's timing (min of %d) | bench p50 (batch 1, cached style) |" % auto["runs"], "|---|---|---|"]
+    rows = [f"| candidate | auto's timing (min of {auto['runs']}) | bench p50 (batch 1, cached style) |",
+            "|---|---|---|"]
     for c in auto["candidates"]:
         b = p50.get(c["bench"])
         rows.append(f"| {c['backend']} {c['precision']} (`{c['bench']}`) | {c['seconds'] * 1e3:.0f} ms | "

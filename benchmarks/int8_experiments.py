@@ -142,14 +142,16 @@ def _write(out: Path, record: dict) -> str:
     for r in record["rows"]:
         value = f"{100 * r['value']:.2f} %" if r["metric"] == "token agreement" else f"{r['value']:.2f} dB"
         lines.append(f"| {r['graph']} | {r['variant']} | {r['metric']} | {value} | {r['gate']:g} | "
-                     f"{'yes' if r['passed'] else 'no'} | {r['int8_layers']} | {r['fp32_layers']} | {r['seconds']:.0f} |")
+                     f"{'yes' if r['passed'] else 'no'} | {r['int8_layers']} | {r['fp32_layers']} | "
+                     f"{r['seconds']:.0f} |")
     for graph, rk in record["ranking"].items():
         lines += ["", f"## Sensitivity ranking, {graph} (accuracy control: {rk['groups']} quantizer groups ranked; "
                       f"final {rk['value']:.4g}, {'passes' if rk['passed'] else 'fails'} with {len(rk['reverted'])} "
                       f"layers reverted, {rk['seconds']:.0f} s)", "",
                   "| rank | metric with this group alone FP32 | layers |", "|---|---|---|"]
         for i, t in enumerate(rk["top"], 1):
-            lines.append(f"| {i} | {t['metric']:.4g} | {', '.join(t['layers'][:6])}{' …' if len(t['layers']) > 6 else ''} |")
+            more = " …" if len(t["layers"]) > 6 else ""
+            lines.append(f"| {i} | {t['metric']:.4g} | {', '.join(t['layers'][:6])}{more} |")
     text = "\n".join(lines) + "\n"
     out.with_suffix(".md").write_text(text)
     return text

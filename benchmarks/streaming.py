@@ -151,7 +151,8 @@ def report(rows: list, bounded: dict | None, extrapolation: dict | None) -> str:
     hw = hardware_info()
     warm = all(r.get("warm") for r in rows)
     lines = ["# Streaming executor vs untiled (official architecture, random weights, ONNX Runtime CPU)", "",
-             f"{now_utc()}. Machine: {cpu_model()}, {hw['usable_cpus']} CPUs, {hw['memory_gb']} GiB; shared with other jobs, so "
+             f"{now_utc()}. Machine: {cpu_model()}, {hw['usable_cpus']} CPUs, {hw['memory_gb']} GiB; "
+             "shared with other jobs, so "
              "times are noisy: the two paths ran side by side in one process"
              + (f", each warmed once at the size then best of {rows[0].get('runs', 1)} alternating runs."
                 if rows and warm else ", one run each."), "",

@@ -30,6 +30,7 @@ TILE_FRACTION = 0.3        # of the budget, for one tile's working memory (the r
 CONV_TENSORS = memory.CONV_TENSORS
 ATTN_BYTES = memory.ATTN_BYTES_PER_SCORE
 SMALL_TENSOR = 1 << 20     # tensors up to this size always stay in RAM
+BAND_ROWS = 16             # output rows a band keeps before tiles split columns too
 
 
 @dataclass
@@ -176,11 +177,17 @@ class StreamingExecutor:
                               out_size(input_extent(tw, step["resample"], step["pre_halo"], step["post_halo"]),
                                        step["resample"])) > cap and tw > 1:
                 tw -= 1
-            while self._work(step, th, tw, domains) > tile_budget and (th > 1 or tw > 1):
-                if th > 1 and (th * 2 >= tw or tw == 1):   # rows first: full-width bands while they fit
-                    th = max(1, min(th - 1, int(th * 0.7)))
-                else:
-                    tw = max(1, min(tw - 1, int(tw * 0.7)))
+            # rows first: full-width bands are contiguous, have no column halo and give the graphs' own
+            # row statistics (measured at 1536x1024: column tiles cost +71 % over untiled, bands +13 %);
+            # columns only once the bands are BAND_ROWS thin
+            fits = lambda: self._work(step, th, tw, domains) <= tile_budget  # noqa: E731
+            while not fits() and th > BAND_ROWS:
+                th = max(BAND_ROWS, min(th - 1, int(th * 0.9)))
+            while not fits() and tw > 1:
+                tw = max(1, min(tw - 1, int(tw * 0.9)))
+            while not fits() and th > 1:
+                th = max(1, min(th - 1, int(th * 0.9)))
+            th, tw = -(-h // -(-h // th)), -(-w // -(-w // tw))   # the same tile count, even sizes
         return tiles(h, w, th, tw), self._work(step, th, tw, domains)
 
     def window_cap(self) -> int | None:

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from quantart_runtime import stream_dispatch as dispatch
 from quantart_runtime.norm_stats import NormStats
