@@ -24,12 +24,13 @@ from . import memory
 from .errors import ImageTooLarge, ModelError
 from .norm_stats import NormStats
 from .tensor_store import BufferPool, TensorStore, disk_free, temp_parent
-from .tiling import input_extent, out_size, tiles, window
+from .tiling import even_tiles, input_extent, out_size, tiles, window
 
 TILE_FRACTION = 0.3        # of the budget, for one tile's working memory (the rest holds the store)
 CONV_TENSORS = memory.CONV_TENSORS
 ATTN_BYTES = memory.ATTN_BYTES_PER_SCORE
 SMALL_TENSOR = 1 << 20     # tensors up to this size always stay in RAM
+TIGHT_FRACTION = 0.5       # a plan whose peak is above this share of the budget runs memory-bound (execute)
 BAND_ROWS = 16             # output rows a band keeps before tiles split columns too
 
 
@@ -52,6 +53,7 @@ class Plan:
     disk_bytes: int
     tiles: int
     ram_bytes: int = 0     # intermediates held in RAM at most
+    budget: int = 0        # the memory budget it was planned for
     window_bytes: int = 0  # the largest step's input windows (read into reused scratch buffers)
 
 
@@ -187,7 +189,7 @@ class StreamingExecutor:
                 tw = max(1, min(tw - 1, int(tw * 0.9)))
             while not fits() and th > 1:
                 th = max(1, min(th - 1, int(th * 0.9)))
-            th, tw = -(-h // -(-h // th)), -(-w // -(-w // tw))   # the same tile count, even sizes
+            return even_tiles(h, w, th, tw), self._work(step, th, tw, domains)
         return tiles(h, w, th, tw), self._work(step, th, tw, domains)
 
     def window_cap(self) -> int | None:
@@ -261,7 +263,7 @@ class StreamingExecutor:
                                 f"{free / 2**30:.2f} GiB free (set QUANTART_TEMP_DIR or raise the memory budget)")
         windows = max(self._window_bytes(p) for p in planned)
         return Plan(planned, on_disk, last_use, int(peak), int(peak_disk), sum(len(p.grid) for p in planned),
-                    int(peak_ram), int(windows))
+                    int(peak_ram), int(budget), int(windows))
 
     def _window_bytes(self, p: StepPlan) -> int:
         """Bytes of one tile's input windows of planned step ``p`` (part of its ``work_bytes``)."""
@@ -278,8 +280,14 @@ class StreamingExecutor:
         """Run a plan: ``sources`` {tensor: array}; returns {kept tensor: array}. ``norm="tile"`` (tests
         only) normalises each tile with its own statistics, the naive tiling that is NOT exact."""
         runner = self.runner()
-        self.pool.trim(plan.ram_bytes + 2 * plan.window_bytes)   # store + scratch (read, disk transpose)
-        store = TensorStore(plan.disk_bytes, pool=self.pool)
+        # memory-bound (a tensor on disk, or the peak near the budget): nothing may hold memory outside the
+        # plan, so no buffers are kept for later, graph outputs are copied into the store (an adopted output
+        # holds an arena chunk) and ONNX Runtime's arena hands its free memory back after each tile
+        tight = plan.disk_bytes > 0 or plan.peak_bytes > TIGHT_FRACTION * plan.budget
+        self.pool.trim(0 if tight else plan.ram_bytes + 2 * plan.window_bytes)   # store + scratch buffers
+        store = TensorStore(plan.disk_bytes, pool=self.pool, adopt=not tight)
+        if hasattr(runner, "release_arena"):
+            runner.release_arena = tight
         stats: dict[str, NormStats] = {}
         done, total = 0, plan.tiles
         try:

@@ -108,11 +108,15 @@ class TensorStore:
     Args: disk_needed: bytes the plan puts on disk at most (checked against the free space before the
     first file); parent: where the temporary directory goes (default ``temp_parent()``); pool: the
     ``BufferPool`` RAM tensors come from and go back to (default: a private one without a cap, which
-    keeps nothing). ``close()`` leaves the pool's buffers to its owner.
+    keeps nothing); adopt: keep a whole-tensor tile as it is instead of copying it (False where the tile's
+    memory belongs to someone who should get it back at once). ``close()`` leaves the pool's buffers to its
+    owner.
     """
 
-    def __init__(self, disk_needed: int = 0, parent: str | None = None, pool: BufferPool | None = None):
+    def __init__(self, disk_needed: int = 0, parent: str | None = None, pool: BufferPool | None = None,
+                 adopt: bool = True):
         self.parent = parent or temp_parent()
+        self.adopt = adopt
         self.disk_needed = int(disk_needed)
         self.pool = pool if pool is not None else BufferPool()
         self.dir: str | None = None
@@ -224,7 +228,7 @@ class TensorStore:
         hands it over: a fresh array from the graph)."""
         if name in self._ram:
             held = self._ram[name]
-            if (r0, c0) == (0, 0) and tile.shape == held.shape and tile.dtype == held.dtype:
+            if self.adopt and (r0, c0) == (0, 0) and tile.shape == held.shape and tile.dtype == held.dtype:
                 # the whole tensor in one tile: keep the graph's output itself, no copy
                 self._drop(name)
                 whole = tile.flags.c_contiguous and tile.flags.writeable

@@ -49,6 +49,14 @@ def tiles(height: int, width: int, tile_h: int, tile_w: int) -> list[tuple[int, 
             for r in range(0, height, tile_h) for c in range(0, width, tile_w)]
 
 
+def even_tiles(height: int, width: int, tile_h: int, tile_w: int) -> list[tuple[int, int, int, int]]:
+    """As ``tiles`` with the same tile count, sizes evened out (none larger than tile_h × tile_w)."""
+    n, m = -(-height // max(1, int(tile_h))), -(-width // max(1, int(tile_w)))
+    rows = [height * i // n for i in range(n + 1)]
+    cols = [width * j // m for j in range(m + 1)]
+    return [(rows[i], rows[i + 1], cols[j], cols[j + 1]) for i in range(n) for j in range(m)]
+
+
 def input_extent(tile: int, resample: str, pre: int, post: int) -> int:
     """Largest input window length for an output core of length ``tile`` (for memory estimates)."""
     w = window(10 ** 6, 10 ** 6 + tile, 10 ** 9, resample, pre, post)

@@ -142,3 +142,19 @@ def test_a_deadline_stops_a_streamed_image_and_removes_its_files(model_dir, tmp_
     [out] = core.stylize_many([img[:64, :80]], deadline=time.monotonic() + 600)
     assert out.shape == (64, 80, 3) and seen
     st.close()
+
+
+def test_plan_prefers_full_width_bands(stylizer):
+    """Columns split only once bands are BAND_ROWS thin; a step's bands have even heights."""
+    from quantart_runtime import streaming
+
+    ex = dispatch.executor(stylizer)
+    plan = streaming.streaming_peak(ex, 400, 1400, (64, 64), 160 << 20)
+    banded = [p for p in plan.steps if len(p.grid) > 1]
+    assert banded, "this budget should need tiles"
+    for p in banded:
+        rows = sorted({r1 - r0 for r0, r1, _, _ in p.grid})
+        cols = {(c0, c1) for _, _, c0, c1 in p.grid}
+        if len(cols) > 1:
+            assert rows[-1] <= streaming.BAND_ROWS, p.step["graph"]
+        assert rows[-1] - rows[0] <= 1                       # even bands, no sliver at the bottom

@@ -114,7 +114,10 @@ def shared_cpu_arena(ort) -> bool:
         if not _SHARED_ARENA:
             try:
                 info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
-                ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))
+                # kSameAsRequested (1): the arena grows by what is asked, not by doubling chunks, so its
+                # address space stays near the largest graph's or tile's working set (an RLIMIT_AS bound
+                # failed with doubling chunks: the streamed 12 MP run at a 3 GiB budget)
+                ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, 1, -1, -1))
                 _SHARED_ARENA.append(True)
             except Exception:  # noqa: BLE001 (an onnxruntime without the API, or one registered elsewhere)
                 _SHARED_ARENA.append(False)
@@ -159,6 +162,8 @@ class OnnxRuntimeRunner(Runner):
         self.fused_graphs: dict[str, str] = {}     # graph -> the fused-attention file it runs
         self.linear_attention = False              # every attending graph runs fused
         self.memory_arena = options.get("memory_arena", True) is not False
+        self.release_arena = False   # True: every run hands the arena's free CPU memory back (memory-bound streaming)
+        self._release_options = None
         self.sessions: dict = {}
         self.output_names: dict = {}
         self.providers: list = []
@@ -384,13 +389,26 @@ class OnnxRuntimeRunner(Runner):
         return super().staging_impl(shape, dtype, slot)
 
     # ---- inference ----------------------------------------------------------------------------
+    def _run_options(self):
+        """None, or with ``release_arena`` run options that shrink the CPU arena after each run (ONNX
+        Runtime's ``memory.enable_memory_arena_shrinkage``: its free regions go back to the system)."""
+        if not self.release_arena:
+            return None
+        if self._release_options is None:
+            import onnxruntime as ort
+
+            ro = ort.RunOptions()
+            ro.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+            self._release_options = ro
+        return self._release_options
+
     def infer_impl(self, graph: str, feeds: Mapping[str, Any], host_outputs: bool) -> dict:
         """``session.run`` for numpy in/out on the CPU; IO binding otherwise (OrtValues in and out)."""
         session = self.sessions[graph]
         names = self.output_names[graph]
         device_feeds = any(not isinstance(v, np.ndarray) for v in feeds.values())
         if host_outputs and not device_feeds and not self.use_iobinding:
-            return dict(zip(names, session.run(names, dict(feeds))))
+            return dict(zip(names, session.run(names, dict(feeds), self._run_options())))
         binding = session.io_binding()
         for name, value in feeds.items():
             if isinstance(value, np.ndarray):
@@ -399,7 +417,7 @@ class OnnxRuntimeRunner(Runner):
                 binding.bind_ortvalue_input(name, value)
         for name in names:
             binding.bind_output(name, self.device_type, self.device)
-        session.run_with_iobinding(binding)
+        session.run_with_iobinding(binding, self._run_options())
         if host_outputs:
             return dict(zip(names, binding.copy_outputs_to_cpu()))
         return dict(zip(names, binding.get_outputs()))

@@ -237,7 +237,7 @@ class StylizeService:
         result = await self._stylize_batch((prepared.image, code, content_ratio, output_ratio, deadline))
         if isinstance(result, BaseException):
             failure = http_io.failure_for(result, "content")
-            if failure.status >= 500:
+            if failure.status >= 500 and failure.status != 504:   # 504: stopped at its time limit
                 log.error("stylize failed: %s", failure.reason)
             raise failure
         data = await asyncio.to_thread(http_io.encode_image, result, fmt)
