@@ -121,7 +121,7 @@ class TensorStore:
         self.pool = pool if pool is not None else BufferPool()
         self.dir: str | None = None
         self._ram: dict[str, np.ndarray] = {}
-        self._held: dict[str, tuple] = {}        # RAM tensor -> (its poolable flat buffer or None, bytes)
+        self._held: dict[str, np.ndarray | None] = {}   # RAM tensor -> its poolable flat buffer (None: caller's)
         self._scratch: dict[str, np.ndarray] = {}
         self._files: dict[str, tuple[int, tuple, np.dtype]] = {}
         self.disk_bytes = self.peak_disk_bytes = 0
@@ -131,16 +131,20 @@ class TensorStore:
     def _hold(self, name: str, array: np.ndarray, flat: np.ndarray | None) -> None:
         """Keep ``array`` as tensor ``name``; ``flat``: the store's own buffer behind it (pooled when freed),
         None for a caller's array (never reused: a source may be the caller's cached style code)."""
-        nbytes = array.nbytes if flat is None else flat.nbytes
-        self._ram[name], self._held[name] = array, (flat, nbytes)
-        self.ram_bytes += nbytes
+        self._ram[name], self._held[name] = array, flat
+        self.ram_bytes += self._nbytes(name)
         self.peak_ram_bytes = max(self.peak_ram_bytes, self.ram_bytes)
+
+    def _nbytes(self, name: str) -> int:
+        """Bytes RAM tensor ``name`` holds: its whole buffer where the store owns one."""
+        flat = self._held[name]
+        return self._ram[name].nbytes if flat is None else flat.nbytes
 
     def _drop(self, name: str) -> None:
         """Stop holding RAM tensor ``name`` (its own buffer back to the pool)."""
+        self.ram_bytes -= self._nbytes(name)
         self._ram.pop(name)
-        flat, nbytes = self._held.pop(name)
-        self.ram_bytes -= nbytes
+        flat = self._held.pop(name)
         if flat is not None:
             self.pool.give(flat, self.ram_bytes)
 
