@@ -39,6 +39,7 @@ def auto_choice(model_dir: str) -> dict:
     t0 = time.perf_counter()
     choice = choose_backend(model_dir, "auto")
     return {"backend": choice.backend, "precision": choice.precision, "reason": choice.reason, "runs": RUNS,
+            "size": choice.timed_size,
             "seconds_to_choose": time.perf_counter() - t0,
             "candidates": [{"backend": c.backend, "precision": c.precision, "seconds": c.seconds,
                             "bench": bench_name({"backend": c.backend, "precision": c.precision})}
@@ -60,7 +61,7 @@ def main(argv=None) -> int:
     print(json.dumps(auto, indent=1), flush=True)
     if len(auto["candidates"]) < 2:
         raise SystemExit(f"auto had {len(auto['candidates'])} candidate(s) here: {auto['reason']}")
-    size = int(auto["reason"].split(" at ")[1].split("x")[0]) if " at " in auto["reason"] else 256
+    size = int(auto["size"].split("x")[0])
     backends = ",".join(c["bench"] for c in auto["candidates"])
     cmd = [sys.executable, "-m", "quantart_benchmarks.cli", "--model", args.model, "--backends", backends,
            "--resolutions", str(size), "--batch-sizes", "1", "--style-cache", "on", "--warmup", "1",

@@ -125,6 +125,7 @@ def test_auto_selection_and_reasons(model_dir, tmp_path):
     plan = next(c for c in timed if c.backend == "openvino")
     assert plan.precision.startswith("decoder bf16") and choice.precision == timed[0].precision
     assert "fastest verified CPU candidate (measured now" in choice.reason
+    assert choice.timed_size and f"at {choice.timed_size}" in choice.reason   # the size the timings are at
     assert all(c.timing() in choice.reason for c in timed)     # both timings are said
     with Stylizer.load(model_dir) as st:
         assert st.backend == choice.backend and st.precision == choice.precision

@@ -32,13 +32,14 @@ class Choice:
     (``graph_precision``), the precision label shown to users (``precision``: "fp32", "bf16" or a
     plan such as "decoder bf16, the rest fp32"), runner options (e.g. the plan) and why; for a
     measured auto choice, ``timings``: the timed candidates (``quantart_runtime.timing.Candidate``,
-    fastest first)."""
+    fastest first) and ``timed_size``: the size ("HxW") they were timed at."""
     backend: str
     graph_precision: str
     precision: str
     options: dict = field(default_factory=dict)
     reason: str = ""
     timings: list = field(default_factory=list)
+    timed_size: str = ""
 
 
 def _ort_cuda(device: int) -> tuple[bool, str]:
@@ -146,7 +147,8 @@ def _measured_cpu_choice(model_dir, options: dict, reasons: list[str]) -> Choice
                       f"{c.how}; the candidates could not be timed ({one_line(exc)})")
     best = measured.winner
     return Choice(best.backend, best.graph_precision, best.precision, best.options,
-                  f"{best.how}: the fastest verified CPU candidate ({measured.summary()})", measured.candidates)
+                  f"{best.how}: the fastest verified CPU candidate ({measured.summary()})", measured.candidates,
+                  measured.size)
 
 
 def choose_backend(model_dir, backend: str = "auto", precision: str | None = None, device: int = 0,
