@@ -25,6 +25,7 @@ from .errors import ImageTooLarge, ModelError
 from .norm_stats import NormStats
 from .tensor_store import BufferPool, TensorStore, disk_free, temp_parent
 from .tiling import even_tiles, input_extent, out_size, tiles, window
+from .util.heap import bound_heap
 
 TILE_FRACTION = 0.3        # of the budget, for one tile's working memory (the rest holds the store)
 CONV_TENSORS = memory.CONV_TENSORS
@@ -284,6 +285,8 @@ class StreamingExecutor:
         # plan, so no buffers are kept for later, graph outputs are copied into the store (an adopted output
         # holds an arena chunk) and ONNX Runtime's arena hands its free memory back after each tile
         tight = plan.disk_bytes > 0 or plan.peak_bytes > TIGHT_FRACTION * plan.budget
+        if tight:
+            bound_heap()   # freed tile temporaries leave the process (util.heap: 1632 vs 743 MiB measured)
         self.pool.trim(0 if tight else plan.ram_bytes + 2 * plan.window_bytes)   # store + scratch buffers
         store = TensorStore(plan.disk_bytes, pool=self.pool, adopt=not tight)
         if hasattr(runner, "release_arena"):

@@ -198,3 +198,22 @@ def test_rss_bound_under_rlimit_as(model_dir):
     assert r["untiled"] > over, r
     assert r["streamed"] and r["shape"] == [192, 192, 3]
     assert r["peak_rss_over"] <= 300 << 20, r
+
+
+def test_only_a_memory_bound_plan_bounds_the_heap(stylizer, style_code, tmp_path, monkeypatch):
+    """The executor bounds the heap for a plan with intermediates on disk, not for one that fits easily
+    (the setting is process-wide, so a roomy run keeps glibc's faster default)."""
+    calls = []
+    monkeypatch.setattr(streaming_mod, "bound_heap", lambda: calls.append(1) or True)
+    img = np.random.default_rng(3).integers(0, 256, (40, 36, 3), dtype=np.uint8)
+    _, roomy = dispatch.stylize_one(stylizer, img, style_code, 1.0, 1.0, tile=11)
+    assert roomy.peak_disk_bytes == 0 and not calls
+    monkeypatch.setenv(TEMP_ENV, str(tmp_path))
+    monkeypatch.setattr(streaming_mod, "SMALL_TENSOR", 0)
+    ex = dispatch.executor(stylizer)
+    ex.ram_store_cap = 0
+    try:
+        _, bound = dispatch.stylize_one(stylizer, img, style_code, 1.0, 1.0, tile=11)
+    finally:
+        ex.ram_store_cap = None
+    assert bound.peak_disk_bytes > 0 and calls
