@@ -50,7 +50,7 @@ def options_for(variant: str, model, graph: str):
     """The ``int8_accuracy.Options`` of one variant (blanket INT8: no layer reverted)."""
     from quantart_export.int8_accuracy import Options
 
-    o = Options(max_fp32_layers=0)
+    o = Options(max_fp32_layers=0, smooth_quant=False)   # the baseline: NNCF's defaults
     if variant == "per-tensor":
         o.per_channel = False
     elif variant == "fp32-groupnorm":
@@ -120,7 +120,7 @@ def main(argv=None) -> int:
         if args.ranking:
             t0 = time.perf_counter()
             r = accuracy_controlled(core, directory, manifest, graph, samples["baseline"][graph], validation[graph],
-                                    codebook, Options(max_fp32_layers=MAX_FP32_LAYERS))
+                                    codebook, Options(max_fp32_layers=MAX_FP32_LAYERS, smooth_quant=False))
             record["ranking"][graph] = {"value": r["value"], "passed": r["passed"], "reverted": r["reverted"],
                                         "top": r["ranking"], "groups": len(r["ranking_all"]),
                                         "seconds": time.perf_counter() - t0}

@@ -10,7 +10,8 @@ references are written (see ``quantart_export.pipeline``):
    (within each set) through the SGA graph gives the stylized latents that feed the decoder. The stored
    verification references never calibrate (only the content codebook, a weight, is read from them).
 2. NNCF ``quantize_with_accuracy_control`` (the ``MIXED`` preset: symmetric weights, asymmetric
-   activations, since GroupNorm/SiLU outputs are not centred) quantizes each encoder and the decoder
+   activations, since GroupNorm/SiLU outputs are not centred; SmoothQuant on, the best variant measured)
+   quantizes each encoder and the decoder
    read from its ONNX file, judged on the validation set by our gate (``quantart_export.int8_accuracy``:
    tokens ≥ 99 % with near-ties forgiven, PSNR ≥ 30 dB, against the FP32 graph) and reverts the most
    sensitive layers to FP32 until the graph passes or ``--int8-max-fp32-layers`` layers are reverted.
@@ -36,7 +37,7 @@ Manifest section (absent without --int8-calibration)::
                       "checks": [...], "reason": "..."},
              "calibration": {"seed", "calibration_images", "validation_images", "calibration_sha256",
                              "validation_sha256", "calibration_samples", "augmentation", "resolution",
-                             "preset", "max_fp32_layers", "nncf", "openvino", ...}}
+                             "preset", "max_fp32_layers", "smooth_quant", "nncf", "openvino", ...}}
 """
 from __future__ import annotations
 
@@ -208,11 +209,12 @@ def quantize_int8(directory: Path, manifest: dict, files, log=lambda _m: None,
     validation = calibration_samples(core, directory, manifest, validation_images)
     codebook = _content_codebook(directory, manifest)
     graphs, records = {}, {}
+    options = Options(max_fp32_layers=limit)
     for graph in QUANTIZED:
         t1 = time.perf_counter()
         try:
             result = accuracy_controlled(core, directory, manifest, graph, calibration[graph], validation[graph],
-                                         codebook, Options(max_fp32_layers=limit))
+                                         codebook, options)
         except Exception as exc:   # NNCF raises many types; one line, nothing written
             raise _error(f"INT8 quantization of {graph} failed: {one_line(exc)}") from None
         records[graph] = _record(result, limit)
@@ -229,7 +231,7 @@ def quantize_int8(directory: Path, manifest: dict, files, log=lambda _m: None,
     return {"graphs": graphs, "accuracy_control": records,
             "calibration": {**split.record(), "calibration_samples": int(len(calibration_images)),
                             "augmentation": list(AUGMENT_VIEWS), "resolution": f"{size}x{size}", "preset": PRESET,
-                            "max_fp32_layers": limit, "nncf": _version("nncf"), "openvino": _version("openvino")}}
+                            "max_fp32_layers": limit, "smooth_quant": options.smooth_quant, "nncf": _version("nncf"), "openvino": _version("openvino")}}
 
 
 def gate_int8(directory: Path, manifest: dict, section: dict, log=lambda _m: None) -> dict:

@@ -195,6 +195,16 @@ def test_one_oversized_image_does_not_abort_the_job(local_ray, model_dir, datase
     w, h = Image.open(out2 / "huge.png").size
     assert w == h and 16 <= w < 400
 
+    # above the untiled limit but streamable in the budget: written at full size, not downscaled
+    wide = smooth_image(24, 3000, seed=5)
+    (src / "wide.png").write_bytes(encode(wide))
+    out3 = tmp_path / "out3"
+    result = CliRunner().invoke(cli, ["--model", str(model_dir), "--style", str(style), str(src / "wide.png"),
+                                      str(out3), "--num-workers", "1", "--backend", "onnxruntime",
+                                      "--style-size", str(STYLE_SIZE), "--no-progress", "--memory-budget", "128M"])
+    assert result.exit_code == 0, result.output
+    assert Image.open(out3 / "wide.png").size == (3000, 24)
+
 
 def test_ext_is_the_option_and_format_a_hidden_alias(tmp_path):
     from quantart_runtime.cluster.cli import stylize_dataset as cli

@@ -220,6 +220,28 @@ def test_huge_dimensions_are_downscaled_and_the_answer_says_so(service, small_st
     assert small.status_code == 200 and "X-Quantart-Resized" not in small.headers
 
 
+WIDE = smooth_image(24, 3000, seed=5)    # above the "small" app's untiled limit, streamable within it
+
+
+def test_an_image_above_the_untiled_limit_streams_at_full_size(service, small_style_id, model_dir, reference):
+    """Not downscaled, not refused: the service's Stylizer streams it within its 128 MiB budget, within one
+    uint8 level of the untiled result (which fits only the reference's larger budget)."""
+    from quantart_runtime import Stylizer
+
+    with Stylizer.load(model_dir, backend="onnxruntime") as small:
+        small.set_memory_budget("128M")
+        code = small.encode_style(STYLE, size=STYLE_SIZE)
+        assert not small.size_policy.fits(*WIDE.shape[:2], 1, int(np.prod(code.latent.shape[2:])))
+    response = httpx.post(f"{service}/small/v1/stylize", params={"style_id": small_style_id}, content=encode(WIDE),
+                          timeout=300)
+    assert response.status_code == 200, response.text
+    assert "X-Quantart-Resized" not in response.headers
+    got = np.asarray(Image.open(io.BytesIO(response.content)))
+    want = reference.stylize(WIDE, reference.encode_style(STYLE, size=STYLE_SIZE), streaming="never")
+    assert got.shape == WIDE.shape
+    assert np.mean(np.abs(got.astype(int) - want.astype(int)) <= 1) >= 0.999
+
+
 @pytest.mark.parametrize("shape", [(1, 64), (64, 1)])
 def test_a_thin_style_is_refused_with_400(service, shape):
     thin = encode(np.full((*shape, 3), 90, np.uint8))      # 72 bytes
