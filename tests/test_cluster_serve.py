@@ -38,7 +38,8 @@ def service(model_dir):
         serve.run(build_app(model_dir, max_ongoing_requests=1, max_queued_requests=1, max_batch_size=1,
                             **common), name="tight", route_prefix="/tight")
         serve.run(build_app(model_dir, request_timeout_s=1e-4, **common), name="slow", route_prefix="/slow")
-        serve.run(build_app(model_dir, memory_budget="128M", **common), name="small", route_prefix="/small")
+        serve.run(build_app(model_dir, memory_budget="128M", request_timeout_s=300, **common), name="small",
+                  route_prefix="/small")
         yield base
     finally:
         serve.shutdown()
