@@ -231,7 +231,8 @@ def quantize_int8(directory: Path, manifest: dict, files, log=lambda _m: None,
     return {"graphs": graphs, "accuracy_control": records,
             "calibration": {**split.record(), "calibration_samples": int(len(calibration_images)),
                             "augmentation": list(AUGMENT_VIEWS), "resolution": f"{size}x{size}", "preset": PRESET,
-                            "max_fp32_layers": limit, "smooth_quant": options.smooth_quant, "nncf": _version("nncf"), "openvino": _version("openvino")}}
+                            "max_fp32_layers": limit, "smooth_quant": options.smooth_quant,
+                            "nncf": _version("nncf"), "openvino": _version("openvino")}}
 
 
 def gate_int8(directory: Path, manifest: dict, section: dict, log=lambda _m: None) -> dict:
