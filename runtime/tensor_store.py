@@ -1,10 +1,11 @@
 """Where the streaming executor keeps whole-image intermediates, and their GroupNorm statistics.
 
 ``TensorStore`` holds each tensor (1, C, H, W) in RAM or, when the plan says so, in a raw file of a
-private temporary directory (HWC layout: a tile window is one ``pread``/``pwrite`` per row, never a
-memory map, so an ``RLIMIT_AS`` limit sees only the tile buffers). The directory is created on first
-use, after checking the free space, and removed by ``close()`` (the executor calls it in ``finally``:
-success, error and Ctrl-C). ``NormStats`` (``norm_stats``, imported here too) accumulates the GroupNorm
+private temporary directory (CHW layout, as the graphs take it: a full-width band is one ``pread``/``pwrite``
+per channel and needs no transpose; a column window one per channel and row; never a memory map, so an
+``RLIMIT_AS`` limit sees only the tile buffers). The directory is created on first use, after checking
+the free space, and removed by ``close()`` (the executor calls it in ``finally``: success, error and
+Ctrl-C). ``NormStats`` (``norm_stats``, imported here too) accumulates the GroupNorm
 statistics as tiles are written.
 
 RAM tensors reuse memory: a freed tensor's buffer goes to a ``BufferPool`` that the next tensor of
@@ -208,17 +209,24 @@ class TensorStore:
             out = self.scratch(scratch, window.shape, window.dtype) if scratch else np.empty_like(window)
             np.copyto(out, window)
             return out
-        fd, (_, c, _, w), dtype = self._files[name]
-        shape = (r1 - r0, c1 - c0, c)
-        buf = self.scratch(f"{scratch}:hwc", shape, dtype) if scratch else np.empty(shape, dtype)
-        row = w * c * dtype.itemsize
-        for i, r in enumerate(range(r0, r1)):
-            n = os.preadv(fd, [memoryview(buf[i]).cast("B")], r * row + c0 * c * dtype.itemsize)
-            if n != buf[i].nbytes:
-                raise OSError(f"short read from the streaming store ({name})")
-        out = self.scratch(scratch, (1, c) + shape[:2], dtype) if scratch else np.empty((1, c) + shape[:2], dtype)
-        np.copyto(out[0], buf.transpose(2, 0, 1))
+        fd, (_, c, h, w), dtype = self._files[name]
+        size = dtype.itemsize
+        shape = (1, c, r1 - r0, c1 - c0)
+        out = self.scratch(scratch, shape, dtype) if scratch else np.empty(shape, dtype)
+        for ch in range(c):
+            base = (ch * h) * w * size
+            if c0 == 0 and c1 == w:     # a full-width band: one contiguous range per channel
+                self._pread(fd, out[0, ch], base + r0 * w * size, name)
+            else:
+                for i, r in enumerate(range(r0, r1)):
+                    self._pread(fd, out[0, ch, i], base + (r * w + c0) * size, name)
         return out
+
+    @staticmethod
+    def _pread(fd: int, into: np.ndarray, offset: int, name: str) -> None:
+        view = memoryview(into).cast("B")
+        if os.preadv(fd, [view], offset) != view.nbytes:
+            raise OSError(f"short read from the streaming store ({name})")
 
     def whole(self, name: str) -> np.ndarray:
         """The whole tensor (a view for RAM tensors)."""
@@ -240,12 +248,19 @@ class TensorStore:
                 return
             held[:, :, r0:r0 + tile.shape[2], c0:c0 + tile.shape[3]] = tile
             return
-        fd, (_, c, _, w), dtype = self._files[name]
-        hwc = self.scratch("write:hwc", tile.shape[2:] + (c,), dtype)
-        np.copyto(hwc, tile[0].transpose(1, 2, 0))
-        row = w * c * dtype.itemsize
-        for i in range(hwc.shape[0]):
-            os.pwrite(fd, memoryview(hwc[i]).cast("B"), (r0 + i) * row + c0 * c * dtype.itemsize)
+        fd, (_, c, h, w), dtype = self._files[name]
+        size = dtype.itemsize
+        th, tw = tile.shape[2], tile.shape[3]
+        for ch in range(c):
+            plane = tile[0, ch]
+            base = (ch * h) * w * size
+            if c0 == 0 and tw == w:     # a full-width band: one contiguous range per channel
+                data = plane if plane.flags.c_contiguous else np.ascontiguousarray(plane)
+                os.pwrite(fd, memoryview(data).cast("B"), base + r0 * w * size)
+            else:
+                for i in range(th):
+                    row = np.ascontiguousarray(plane[i])
+                    os.pwrite(fd, memoryview(row).cast("B"), base + ((r0 + i) * w + c0) * size)
 
     def free(self, name: str) -> None:
         """Drop tensor ``name`` (its buffer to the pool, its file deleted at once)."""

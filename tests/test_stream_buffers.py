@@ -158,3 +158,22 @@ def test_plan_prefers_full_width_bands(stylizer):
         if len(cols) > 1:
             assert rows[-1] <= streaming.BAND_ROWS, p.step["graph"]
         assert rows[-1] - rows[0] <= 1                       # even bands, no sliver at the bottom
+
+
+def test_disk_store_bands_and_column_windows_round_trip(tmp_path):
+    """The on-disk store (CHW files): full-width bands and ragged column windows read back what was written,
+    tiles written at offsets included, and the directory goes on close."""
+    rng = np.random.default_rng(11)
+    full = rng.standard_normal((1, 5, 23, 17)).astype(np.float32)
+    store = TensorStore(1 << 20, parent=str(tmp_path))
+    store.create("x", full.shape, np.float32, True)
+    for r in range(0, 23, 6):                                   # bands (the last one ragged)
+        store.write("x", r, 0, full[:, :, r:r + 6])
+    store.write("x", 4, 3, full[:, :, 10:13, 1:8])              # a column tile at an offset
+    full[:, :, 4:7, 3:10] = full[:, :, 10:13, 1:8]
+    assert np.array_equal(store.read("x", 2, 19, 0, 17, scratch="a"), full[:, :, 2:19])
+    assert np.array_equal(store.read("x", 3, 9, 2, 11), full[:, :, 3:9, 2:11])
+    assert np.array_equal(store.whole("x"), full)
+    assert any(tmp_path.iterdir())
+    store.close()
+    assert not any(tmp_path.iterdir())
