@@ -52,6 +52,18 @@ SMALL_BUFFER = 1 << 20
 POOL_SLACK = 1 / 16   # a pooled buffer serves a tensor up to this much smaller (the sizes repeat per level)
 
 
+def _spans(c: int, h: int, w: int, r0: int, r1: int, c0: int, c1: int, itemsize: int):
+    """(window index, file offset) of each contiguous run of window rows [r0, r1) x columns [c0, c1) in a
+    CHW file of (c, h, w): one per channel for a full-width band, else one per channel and row."""
+    for ch in range(c):
+        base = ch * h * w
+        if c0 == 0 and c1 == w:
+            yield (0, ch), (base + r0 * w) * itemsize
+        else:
+            for i, r in enumerate(range(r0, r1)):
+                yield (0, ch, i), (base + r * w + c0) * itemsize
+
+
 class BufferPool:
     """Freed flat buffers kept for the next tensors of (nearly) their size, at most ``cap`` bytes together
     with the live ones (``give`` is told the live bytes). The streaming executor keeps one across runs,
@@ -210,23 +222,13 @@ class TensorStore:
             np.copyto(out, window)
             return out
         fd, (_, c, h, w), dtype = self._files[name]
-        size = dtype.itemsize
         shape = (1, c, r1 - r0, c1 - c0)
         out = self.scratch(scratch, shape, dtype) if scratch else np.empty(shape, dtype)
-        for ch in range(c):
-            base = (ch * h) * w * size
-            if c0 == 0 and c1 == w:     # a full-width band: one contiguous range per channel
-                self._pread(fd, out[0, ch], base + r0 * w * size, name)
-            else:
-                for i, r in enumerate(range(r0, r1)):
-                    self._pread(fd, out[0, ch, i], base + (r * w + c0) * size, name)
+        for index, offset in _spans(c, h, w, r0, r1, c0, c1, dtype.itemsize):
+            view = memoryview(out[index]).cast("B")
+            if os.preadv(fd, [view], offset) != view.nbytes:
+                raise OSError(f"short read from the streaming store ({name})")
         return out
-
-    @staticmethod
-    def _pread(fd: int, into: np.ndarray, offset: int, name: str) -> None:
-        view = memoryview(into).cast("B")
-        if os.preadv(fd, [view], offset) != view.nbytes:
-            raise OSError(f"short read from the streaming store ({name})")
 
     def whole(self, name: str) -> np.ndarray:
         """The whole tensor (a view for RAM tensors)."""
@@ -249,18 +251,9 @@ class TensorStore:
             held[:, :, r0:r0 + tile.shape[2], c0:c0 + tile.shape[3]] = tile
             return
         fd, (_, c, h, w), dtype = self._files[name]
-        size = dtype.itemsize
-        th, tw = tile.shape[2], tile.shape[3]
-        for ch in range(c):
-            plane = tile[0, ch]
-            base = (ch * h) * w * size
-            if c0 == 0 and tw == w:     # a full-width band: one contiguous range per channel
-                data = plane if plane.flags.c_contiguous else np.ascontiguousarray(plane)
-                os.pwrite(fd, memoryview(data).cast("B"), base + r0 * w * size)
-            else:
-                for i in range(th):
-                    row = np.ascontiguousarray(plane[i])
-                    os.pwrite(fd, memoryview(row).cast("B"), base + ((r0 + i) * w + c0) * size)
+        r1, c1 = r0 + tile.shape[2], c0 + tile.shape[3]
+        for index, offset in _spans(c, h, w, r0, r1, c0, c1, dtype.itemsize):
+            os.pwrite(fd, memoryview(np.ascontiguousarray(tile[index])).cast("B"), offset)
 
     def free(self, name: str) -> None:
         """Drop tensor ``name`` (its buffer to the pool, its file deleted at once)."""
