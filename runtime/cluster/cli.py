@@ -43,9 +43,10 @@ def _fail(message: str) -> None:
 @click.option("--format", "legacy_format", type=click.Choice(OUTPUT_FORMATS), default=None, hidden=True,
               help="Old name of --ext.")
 @click.option("--max-side", type=click.IntRange(min=0), default=None,
-              help="Downscale inputs whose longer side exceeds N pixels (default: the model's max_res); "
-                   "inputs above the memory limit are always downscaled to it; 0: never resize (such inputs "
-                   "fail and are listed).")
+              help="Downscale inputs whose longer side exceeds N pixels (aspect kept). Default: no cap: "
+                   "inputs above the memory budget stream at full size, exactly (older exports: the model's "
+                   "max_res, and downscaled to the budget). 0: never resize (what cannot run fails and is "
+                   "listed).")
 @click.option("--memory-budget", default=None, metavar="BYTES|FRACTION",
               help="Peak working memory per request on each worker: bytes (6G) or a fraction of the "
                    "worker's available memory (0.3). Default: $QUANTART_MEMORY_BUDGET, else half.")
@@ -111,7 +112,8 @@ def stylize_dataset(model_dir, style, input, output, address, num_workers, gpus_
 @click.option("--style-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--memory-budget", default=None, metavar="BYTES|FRACTION",
               help="Peak working memory per request on each replica (6G, or a fraction such as 0.3); larger "
-                   "contents are downscaled (X-Quantart-Resized) or, with resize=false, refused (413).")
+                   "contents stream at full size, exactly, within it; only what cannot stream within it is "
+                   "downscaled (X-Quantart-Resized) or, with resize=false, refused (413).")
 @click.option("--sample-styles", is_flag=False, flag_value="", default=None, metavar="[DIR]",
               help="Register sample styles at start (listed by GET /v1/styles and on the page): the "
                    "sample artworks shipped in the package, or the images in DIR.")
