@@ -115,7 +115,8 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def _wait_healthy(base_url: str, timeout_s: float = 120.0) -> None:
+def wait_healthy(base_url: str, timeout_s: float = 120.0) -> None:
+    """Wait until ``base_url``'s /v1/health answers 200 (TimeoutError after ``timeout_s``)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
@@ -160,7 +161,7 @@ def main(argv=None) -> int:
                                  cpus_per_replica=cpus, max_batch_size=args.max_batch_size,
                                  max_ongoing_requests=max(16, 2 * args.max_batch_size))
     try:
-        _wait_healthy(base_url)
+        wait_healthy(base_url)
         report = run_load(base_url, contents, style_bytes=style, requests=args.requests,
                           concurrency=args.concurrency, accept=args.accept)
         report["content_size"] = args.size

@@ -4,10 +4,11 @@
         [--no-pool] [--out FILE.json]
 
 One streamed stylization (ONNX Runtime CPU, 256² style, ``streaming="always"``) with every segment-graph
-call, ``TensorStore.read`` / ``write`` / ``create`` / ``free`` and the statistics timed; ``--base`` first
-times the untiled 1024² run (warmed once) in the same process, the base of the FLOP extrapolation
-(``quantart_benchmarks.streaming``); ``--no-pool`` keeps the executor from reusing store buffers (the
-behaviour of memory-bound plans before they reused them), for a side-by-side comparison.
+call, ``TensorStore.read`` / ``write`` / ``create`` / ``free`` and the statistics timed, and its peak RSS
+above the loaded model (VmHWM); ``--base`` first times the untiled 1024² run (warmed once) in the same
+process, the base of the FLOP extrapolation
+(``quantart_benchmarks.streaming``); ``--no-pool`` keeps the executor from reusing freed store buffers
+for later tensors in any plan (memory-bound plans never do: measured, below), for side-by-side comparisons.
 """
 from __future__ import annotations
 
@@ -31,6 +32,14 @@ def _timed(owner, name: str, key: str, acc: dict, counts: collections.Counter) -
             counts[key] += 1
 
     setattr(owner, name, wrapper)
+
+
+def _status(key: str) -> int:
+    """A /proc/self/status value in bytes (VmRSS:, VmHWM:)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
+    raise KeyError(key)
 
 
 def profile(model: str, height: int, width: int, budget: str | None, base: bool, pool: bool) -> dict:
@@ -73,15 +82,18 @@ def profile(model: str, height: int, width: int, budget: str | None, base: bool,
         _timed(tensor_store.TensorStore, name, f"store.{name}", acc, counts)
     _timed(executor_module.StreamingExecutor, "_accumulate", "statistics", acc, counts)
     img = _photo(height, width)
+    loaded = _status("VmRSS:")
+    Path("/proc/self/clear_refs").write_text("5")   # VmHWM from here
     t0 = time.perf_counter()
     st.stylize(img, code, streaming="always")
     total = time.perf_counter() - t0
     r = st.last_run
     graphs = sum(v for k, v in acc.items() if k.startswith("graph "))
-    return {"size": f"{width}x{height}", "budget_bytes": st.size_policy.budget, "store_buffers_reused": pool,
+    return {"size": f"{width}x{height}", "budget_bytes": st.size_policy.budget, "store_buffer_reuse_allowed": pool,
             "total_s": total, "graphs_s": graphs, "outside_graphs_s": total - graphs, "tiles": r.tiles,
             "temp_disk_bytes": r.peak_disk_bytes, "store_ram_bytes": r.peak_store_bytes,
-            "predicted_peak_bytes": r.predicted_peak_bytes, "untiled_1024_s": untiled,
+            "predicted_peak_bytes": r.predicted_peak_bytes, "peak_rss_over_loaded": _status("VmHWM:") - loaded,
+            "untiled_1024_s": untiled,
             "parts_s": {k: round(v, 2) for k, v in sorted(acc.items(), key=lambda kv: -kv[1])},
             "calls": dict(counts)}
 
@@ -93,7 +105,7 @@ def main(argv=None) -> int:
     ap.add_argument("--size", default="4032x3024", help="WxH")
     ap.add_argument("--budget", default=None, help="memory budget (default: the runtime's)")
     ap.add_argument("--base", action="store_true", help="also time the untiled 1024² run first")
-    ap.add_argument("--no-pool", action="store_true", help="no store buffer reuse (the old memory-bound rule)")
+    ap.add_argument("--no-pool", action="store_true", help="no store buffer reuse in any plan")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     width, height = (int(v) for v in args.size.lower().split("x"))

@@ -282,14 +282,12 @@ class StreamingExecutor:
         only) normalises each tile with its own statistics, the naive tiling that is NOT exact."""
         runner = self.runner()
         # memory-bound (a tensor on disk, or the peak near the budget): nothing may hold memory outside the
-        # plan, so no buffers are kept after the run, graph outputs are copied into the store (an adopted
-        # output holds an arena chunk) and ONNX Runtime's arena hands its free memory back after each tile
+        # plan, so no buffers are kept for later, graph outputs are copied into the store (an adopted output
+        # holds an arena chunk) and ONNX Runtime's arena hands its free memory back after each tile
         tight = plan.disk_bytes > 0 or plan.peak_bytes > TIGHT_FRACTION * plan.budget
         if tight:
             bound_heap()   # freed tile temporaries leave the process (util.heap: 1632 vs 743 MiB measured)
-        # within the run, freed store buffers serve the next tensors of their size (live + pooled within the
-        # plan's store RAM and scratch): a fresh buffer faults in every page on its first write
-        self.pool.trim(plan.ram_bytes + 2 * plan.window_bytes)
+        self.pool.trim(0 if tight else plan.ram_bytes + 2 * plan.window_bytes)   # store + scratch buffers
         store = TensorStore(plan.disk_bytes, pool=self.pool, adopt=not tight)
         if hasattr(runner, "release_arena"):
             runner.release_arena = tight
@@ -346,8 +344,6 @@ class StreamingExecutor:
             info.peak_disk_bytes = max(info.peak_disk_bytes, store.peak_disk_bytes)
             info.peak_store_bytes = max(info.peak_store_bytes, store.peak_ram_bytes)
             store.close()
-            if tight:
-                self.pool.trim(0)
 
     def _accumulate(self, stats: dict, t: str, key: str, out: dict, core: np.ndarray, crop: int, rows: int) -> None:
         """Add an output tile's core to tensor ``t``'s statistics: the graph's own row statistics when it

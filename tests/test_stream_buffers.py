@@ -177,26 +177,3 @@ def test_disk_store_bands_and_column_windows_round_trip(tmp_path):
     assert any(tmp_path.iterdir())
     store.close()
     assert not any(tmp_path.iterdir())
-
-
-def test_a_memory_bound_run_reuses_store_buffers_and_keeps_none(stylizer, monkeypatch):
-    """Memory-bound plans reuse freed store buffers within the run (a fresh buffer faults in every page)
-    and hand every buffer back at its end; the result is the same as an unbounded run's."""
-    from quantart_runtime import streaming, tensor_store
-
-    rng = np.random.default_rng(11)
-    code = stylizer.encode_style(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8), size=None)
-    img = rng.integers(0, 256, (60, 76, 3), dtype=np.uint8)
-    free_run = stylizer.stylize(img, code, streaming="always")
-    pool = dispatch.executor(stylizer).pool
-    pool.trim(0)
-    fresh, created = [], []
-    orig_fresh, orig_create = tensor_store.fresh_buffer, tensor_store.TensorStore.create
-    monkeypatch.setattr(tensor_store, "fresh_buffer", lambda n: (fresh.append(n), orig_fresh(n))[1])
-    monkeypatch.setattr(tensor_store.TensorStore, "create",
-                        lambda self, name, *a: (created.append(name), orig_create(self, name, *a))[1])
-    monkeypatch.setattr(streaming, "TIGHT_FRACTION", 0.0)      # every plan memory-bound
-    tight_run = stylizer.stylize(img, code, streaming="always")
-    assert np.array_equal(tight_run, free_run)
-    assert len(created) > 20 and len(fresh) < len(created) / 2   # most tensors on a reused buffer
-    assert pool.held_bytes == 0                                  # nothing kept after a memory-bound run
