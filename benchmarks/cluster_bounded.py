@@ -17,6 +17,7 @@ import argparse
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -24,21 +25,24 @@ import threading
 import time
 from pathlib import Path
 
+from .hardware import proc_status
+
 CGROUP_ROOT = Path("/sys/fs/cgroup/memory")
 
 
-def _status(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key):
-            return int(line.split()[1]) * 1024
-    raise KeyError(key)
+def _encode(array) -> bytes:
+    """An (H, W, 3) uint8 image as PNG bytes (the service's own encoder)."""
+    from quantart_runtime.cluster.http_io import encode_image
+
+    return encode_image(array, "png")
 
 
-def _find(pattern: str, exclude: tuple = ()) -> int | None:
+def _find(pattern: str) -> int | None:
+    """The pid of the first process whose command line holds ``pattern``."""
     out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
     for line in out.splitlines()[1:]:
         pid, _, args = line.strip().partition(" ")
-        if pattern in args and int(pid) not in exclude:
+        if pattern in args:
             return int(pid)
     return None
 
@@ -60,10 +64,6 @@ class Cgroup:
         """The group's peak memory charge (bytes)."""
         return int((self.path / "memory.max_usage_in_bytes").read_text())
 
-    def failcnt(self) -> int:
-        """How often the group hit its limit."""
-        return int((self.path / "memory.failcnt").read_text())
-
     def oom_kills(self) -> int:
         """Processes the kernel's OOM killer ended inside the group."""
         for line in (self.path / "memory.oom_control").read_text().splitlines():
@@ -83,19 +83,11 @@ class Cgroup:
 
 def _bound(pid: int, over: int, name: str) -> tuple[Cgroup, int]:
     """Move ``pid`` into a fresh cgroup limited to ``over`` bytes; returns (cgroup, loaded RSS), VmHWM reset."""
-    loaded = _status(pid, "VmRSS:")
+    loaded = proc_status("VmRSS:", pid)
     Path(f"/proc/{pid}/clear_refs").write_text("5")
     group = Cgroup(name, over)
     group.add(pid)
     return group, loaded
-
-
-def _png(array) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
 
 
 def serve_row(model_dir: str, budget: str, over: int, content, style) -> dict:
@@ -117,14 +109,14 @@ def serve_row(model_dir: str, budget: str, over: int, content, style) -> dict:
                             cpus_per_replica=2, memory_budget=budget, request_timeout_s=7200,
                             max_body_bytes=256 << 20, max_pixels=4096 * 4096)
         wait_healthy(url, 600)
-        sid = httpx.post(f"{url}/v1/styles", content=_png(style), timeout=600).json()["style_id"]
+        sid = httpx.post(f"{url}/v1/styles", content=_encode(style), timeout=600).json()["style_id"]
         # warm: one content above the untiled budget, so the replica has its streaming runner loaded
-        warm = httpx.post(f"{url}/v1/stylize", params={"style_id": sid}, content=_png(_photo(960, 1280, 2)),
+        warm = httpx.post(f"{url}/v1/stylize", params={"style_id": sid}, content=_encode(_photo(960, 1280, 2)),
                           timeout=7200)
         assert warm.status_code == 200, warm.text
         pid = _find("ServeReplica:quantart:StylizeService")   # not the StyleRegistry replica
         group, loaded = _bound(pid, over, f"quantart_serve_{os.getpid()}")
-        body = _png(content)
+        body = _encode(content)
         t0 = time.perf_counter()
         r = httpx.post(f"{url}/v1/stylize", params={"style_id": sid}, content=body, timeout=7200)
         seconds = time.perf_counter() - t0
@@ -133,7 +125,7 @@ def serve_row(model_dir: str, budget: str, over: int, content, style) -> dict:
         shape = list(Image.open(io.BytesIO(r.content)).size[::-1]) if r.status_code == 200 else None
         return {"path": "quantart serve", "status": r.status_code, "seconds": seconds, "output_hw": shape,
                 "resized_header": r.headers.get("X-Quantart-Resized"), "loaded_rss": loaded,
-                "peak_rss_over_loaded": _status(pid, "VmHWM:") - loaded, "cgroup_limit": group.limit,
+                "peak_rss_over_loaded": proc_status("VmHWM:", pid) - loaded, "cgroup_limit": group.limit,
                 "cgroup_peak_charge": group.peak(), "cgroup_oom_kills": group.oom_kills(),
                 "error": None if r.status_code == 200 else r.text[:300]}
     finally:
@@ -150,8 +142,8 @@ def dataset_row(model_dir: str, budget: str, over: int, content, style, loaded_g
 
     work = Path(tempfile.mkdtemp(prefix="quantart-cluster-bounded-"))
     (work / "in").mkdir()
-    (work / "in" / "photo.png").write_bytes(_png(content))
-    (work / "style.png").write_bytes(_png(style))
+    (work / "in" / "photo.png").write_bytes(_encode(content))
+    (work / "style.png").write_bytes(_encode(style))
     watch = {"pid": None, "group": None, "hwm": 0, "stop": False}
 
     def watcher():
@@ -165,7 +157,7 @@ def dataset_row(model_dir: str, budget: str, over: int, content, style, loaded_g
                     pass
             if watch["pid"]:
                 try:
-                    watch["hwm"] = max(watch["hwm"], _status(watch["pid"], "VmHWM:"))
+                    watch["hwm"] = max(watch["hwm"], proc_status("VmHWM:", watch["pid"]))
                 except (OSError, KeyError):
                     pass
             time.sleep(0.2)
@@ -177,24 +169,26 @@ def dataset_row(model_dir: str, budget: str, over: int, content, style, loaded_g
         summary = stylize_dataset(model_dir, str(work / "style.png"), str(work / "in"), str(work / "out"),
                                   num_workers=1, cpus_per_worker=2, batch_size=1, backend="onnxruntime",
                                   memory_budget=budget, progress=False)
+        seconds = time.perf_counter() - t0
+        watch["stop"] = True
+        thread.join()
+        from PIL import Image
+
+        outs = list((work / "out").glob("photo.*"))
+        group = watch["group"]
+        return {"path": "quantart stylize-dataset", "seconds": seconds, "done": summary.done,
+                "failed": summary.failed, "failures": summary.failures[:3],
+                "output_hw": list(Image.open(outs[0]).size[::-1]) if outs else None,
+                "peak_rss": watch["hwm"], "peak_rss_over_loaded": watch["hwm"] - loaded_guess,
+                "loaded_rss_assumed": loaded_guess, "cgroup_limit": group.limit if group else None,
+                "cgroup_peak_charge": group.peak() if group else None,
+                "cgroup_oom_kills": group.oom_kills() if group else None}
     finally:
         watch["stop"] = True
         thread.join()
-    seconds = time.perf_counter() - t0
-    from PIL import Image
-
-    outs = list((work / "out").glob("photo.*"))
-    group = watch["group"]
-    row = {"path": "quantart stylize-dataset", "seconds": seconds, "done": summary.done,
-           "failed": summary.failed, "failures": summary.failures[:3],
-           "output_hw": list(Image.open(outs[0]).size[::-1]) if outs else None,
-           "peak_rss": watch["hwm"], "peak_rss_over_loaded": watch["hwm"] - loaded_guess,
-           "loaded_rss_assumed": loaded_guess,
-           "cgroup_limit": group.limit if group else None, "cgroup_peak_charge": group.peak() if group else None,
-           "cgroup_oom_kills": group.oom_kills() if group else None}
-    if group:
-        group.close()
-    return row
+        if watch["group"] is not None:
+            watch["group"].close()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def report(rows: list, budget: str, over: int) -> str:

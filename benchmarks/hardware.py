@@ -8,6 +8,7 @@ import subprocess
 import sys
 from datetime import datetime, timezone
 from importlib import metadata
+from pathlib import Path
 
 
 def _cpu_model() -> str:
@@ -97,3 +98,11 @@ def software_info() -> dict:
 def now_utc() -> str:
     """The current UTC time, ISO 8601 to the second."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def proc_status(key: str, pid: int | str = "self") -> int:
+    """A memory line of ``/proc/<pid>/status`` in bytes (``key``: "VmRSS:", "VmHWM:", ...)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
+    raise KeyError(key)

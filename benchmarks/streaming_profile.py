@@ -34,19 +34,12 @@ def _timed(owner, name: str, key: str, acc: dict, counts: collections.Counter) -
     setattr(owner, name, wrapper)
 
 
-def _status(key: str) -> int:
-    """A /proc/self/status value in bytes (VmRSS:, VmHWM:)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key):
-            return int(line.split()[1]) * 1024
-    raise KeyError(key)
-
-
 def profile(model: str, height: int, width: int, budget: str | None, base: bool, pool: bool) -> dict:
     """The timed parts of one streamed run (see the module doc)."""
     from quantart_runtime import Stylizer, stream_dispatch, tensor_store
     from quantart_runtime import streaming as executor_module
 
+    from .hardware import proc_status
     from .streaming import _photo
 
     st = Stylizer.load(model, backend="onnxruntime")
@@ -82,7 +75,7 @@ def profile(model: str, height: int, width: int, budget: str | None, base: bool,
         _timed(tensor_store.TensorStore, name, f"store.{name}", acc, counts)
     _timed(executor_module.StreamingExecutor, "_accumulate", "statistics", acc, counts)
     img = _photo(height, width)
-    loaded = _status("VmRSS:")
+    loaded = proc_status("VmRSS:")
     Path("/proc/self/clear_refs").write_text("5")   # VmHWM from here
     t0 = time.perf_counter()
     st.stylize(img, code, streaming="always")
@@ -92,7 +85,7 @@ def profile(model: str, height: int, width: int, budget: str | None, base: bool,
     return {"size": f"{width}x{height}", "budget_bytes": st.size_policy.budget, "store_buffer_reuse_allowed": pool,
             "total_s": total, "graphs_s": graphs, "outside_graphs_s": total - graphs, "tiles": r.tiles,
             "temp_disk_bytes": r.peak_disk_bytes, "store_ram_bytes": r.peak_store_bytes,
-            "predicted_peak_bytes": r.predicted_peak_bytes, "peak_rss_over_loaded": _status("VmHWM:") - loaded,
+            "predicted_peak_bytes": r.predicted_peak_bytes, "peak_rss_over_loaded": proc_status("VmHWM:") - loaded,
             "untiled_1024_s": untiled,
             "parts_s": {k: round(v, 2) for k, v in sorted(acc.items(), key=lambda kv: -kv[1])},
             "calls": dict(counts)}
