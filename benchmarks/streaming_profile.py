@@ -8,7 +8,8 @@ call, ``TensorStore.read`` / ``write`` / ``create`` / ``free`` and the statistic
 above the loaded model (VmHWM); ``--base`` first times the untiled 1024² run (warmed once) in the same
 process, the base of the FLOP extrapolation
 (``quantart_benchmarks.streaming``); ``--no-pool`` keeps the executor from reusing freed store buffers
-for later tensors in any plan (memory-bound plans never do: measured, below), for side-by-side comparisons.
+for later tensors in any plan (memory-bound plans reuse them within each step's room of the predicted peak),
+for side-by-side comparisons.
 """
 from __future__ import annotations
 

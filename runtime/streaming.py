@@ -15,7 +15,6 @@ TensorRT all stream through the same ``Runner.infer``.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,7 @@ import numpy as np
 from . import memory
 from .errors import ImageTooLarge, ModelError
 from .norm_stats import NormStats
+from .stream_plan import Plan, RunInfo, StepPlan, _arena_releases  # noqa: F401 (RunInfo: public here)
 from .tensor_store import BufferPool, TensorStore, disk_free, temp_parent
 from .tiling import even_tiles, input_extent, out_size, tiles, window
 from .util.heap import bound_heap
@@ -31,47 +31,9 @@ TILE_FRACTION = 0.3        # of the budget, for one tile's working memory (the r
 CONV_TENSORS = memory.CONV_TENSORS
 ATTN_BYTES = memory.ATTN_BYTES_PER_SCORE
 SMALL_TENSOR = 1 << 20     # tensors up to this size always stay in RAM
+KEY_RES = 4096             # TensorRT: image side (px) whose keys the attention engines take (a 12 MP photo: 4032)
 TIGHT_FRACTION = 0.5       # a plan whose peak is above this share of the budget runs memory-bound (execute)
 BAND_ROWS = 16             # output rows a band keeps before tiles split columns too
-
-
-@dataclass
-class StepPlan:
-    """One step of a planned run: its tile grid and predicted working memory per tile."""
-    step: dict
-    out_shape: tuple
-    grid: list
-    work_bytes: int
-
-
-@dataclass
-class Plan:
-    """A planned streaming run (see ``StreamingExecutor.plan``)."""
-    steps: list
-    on_disk: dict
-    last_use: dict
-    peak_bytes: int
-    disk_bytes: int
-    tiles: int
-    ram_bytes: int = 0     # intermediates held in RAM at most
-    budget: int = 0        # the memory budget it was planned for
-    window_bytes: int = 0  # the largest step's input windows (read into reused scratch buffers)
-
-
-@dataclass
-class RunInfo:
-    """What the last run did: ``streamed``, ``tiles``, ``peak_disk_bytes`` (temporary disk used),
-    ``peak_store_bytes`` (intermediates held in RAM), the plan's ``predicted_peak_bytes`` /
-    ``predicted_disk_bytes``, ``seconds`` and ``graph_calls``."""
-    streamed: bool = False
-    tiles: int = 0
-    peak_disk_bytes: int = 0
-    peak_store_bytes: int = 0
-    predicted_peak_bytes: int = 0
-    predicted_disk_bytes: int = 0
-    seconds: float = 0.0
-    graph_calls: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 def _pad_size(n: int, stride: int) -> int:
@@ -113,6 +75,9 @@ class StreamingExecutor:
                                      f"match its sha256 (re-export the model)")
             view = {**self.manifest, "graphs": {"fp32": entries}, "_graph_names": tuple(entries)}
             options = {k: v for k, v in self.main.options.items() if k != "plan"}
+            if self.main.name == "tensorrt":
+                # one image at a time; tiles within max_res, the attention keys of a whole image
+                options.update(self.segment_profile(), opt_batch=1)
             if self.main.name == "onnxruntime":
                 # ~100 segment sessions share the process's one CPU arena, which keeps the largest tile's
                 # working set (what the plan budgets): measured 1.5× faster than no arena (fresh pages for
@@ -193,13 +158,28 @@ class StreamingExecutor:
             return even_tiles(h, w, th, tw), self._work(step, th, tw, domains)
         return tiles(h, w, th, tw), self._work(step, th, tw, domains)
 
+    def segment_profile(self) -> dict:
+        """TensorRT: the segment engines' profile (``trt_engine.profile_shapes`` keys): the model's
+        ``max_res`` (or the runner's override) for tile windows, batch 1, and ``max_key_res`` (runner option,
+        else ``KEY_RES``, at least ``max_res``) for the keys of whole-image attention."""
+        prof = {**(self.manifest.get("profile") or {}),
+                **{k: v for k, v in self.main.options.items() if v is not None}}
+        max_res = int(prof.get("max_res", 1024))
+        keys = max(max_res, int(prof.get("max_key_res") or KEY_RES))
+        return {"max_res": max_res, "max_batch": 1, "max_key_res": keys}
+
     def window_cap(self) -> int | None:
         """TensorRT: the largest tile side its engines' profile holds (every segment axis is profiled as a
         latent axis: ``max_res // latent_stride``); other backends take any shape (None)."""
         if self.main.name != "tensorrt":
             return None
-        prof = self.manifest.get("profile") or {}
-        return max(1, int(prof.get("max_res", 1024)) // int(self.section["latent_stride"]))
+        return max(1, self.segment_profile()["max_res"] // int(self.section["latent_stride"]))
+
+    def key_cap(self) -> int | None:
+        """TensorRT: the largest side (latent cells) of the keys its attention engines take; else None."""
+        if self.main.name != "tensorrt":
+            return None
+        return max(1, self.segment_profile()["max_key_res"] // int(self.section["latent_stride"]))
 
     def plan(self, chains: list[str], domains: dict, budget: int, keep: tuple = (), tile=None,
              sources: tuple = ()) -> Plan:
@@ -248,12 +228,12 @@ class StreamingExecutor:
                     disk -= nbytes(t)
                 else:
                     ram -= nbytes(t)
-        cap = self.window_cap()
+        cap = self.key_cap()
         keys = [self._shape(p.step["whole"]["k"], domains) for p in planned if p.step["whole"]]
         if cap and any(max(k[2:]) > cap for k in keys):
             raise ImageTooLarge(f"{domains['content'][1]}x{domains['content'][0]}: attention keys exceed the "
                                 f"TensorRT profile ({cap} latent cells a side); use backend onnxruntime or "
-                                f"re-export with a larger --max-res")
+                                f"raise the runner option max_key_res (now {self.segment_profile()['max_key_res']} px)")
         if peak > budget or ram_cap < 0:
             raise ImageTooLarge(f"{domains['content'][1]}x{domains['content'][0]}: even streamed this needs "
                                 f"{peak / 2**30:.2f} GiB, above the memory budget of {budget / 2**30:.2f} GiB")
@@ -262,6 +242,8 @@ class StreamingExecutor:
             raise ImageTooLarge(f"{domains['content'][1]}x{domains['content'][0]}: streaming needs "
                                 f"{peak_disk / 2**30:.2f} GiB of temporary disk in {temp_parent()}, "
                                 f"{free / 2**30:.2f} GiB free (set QUANTART_TEMP_DIR or raise the memory budget)")
+        for p in planned:
+            p.store_room = max(0, int(peak) - p.work_bytes - io)
         windows = max(self._window_bytes(p) for p in planned)
         return Plan(planned, on_disk, last_use, int(peak), int(peak_disk), sum(len(p.grid) for p in planned),
                     int(peak_ram), int(budget), int(windows))
@@ -282,15 +264,18 @@ class StreamingExecutor:
         only) normalises each tile with its own statistics, the naive tiling that is NOT exact."""
         runner = self.runner()
         # memory-bound (a tensor on disk, or the peak near the budget): nothing may hold memory outside the
-        # plan, so no buffers are kept for later, graph outputs are copied into the store (an adopted output
-        # holds an arena chunk) and ONNX Runtime's arena hands its free memory back after each tile
+        # plan, so no buffers are kept after the run, freed store buffers are reused only within each step's
+        # share of the predicted peak (``store_room``), graph outputs are copied into the store (an adopted
+        # output holds an arena chunk) and ONNX Runtime's arena hands its free memory back between tiles of
+        # different sizes and after each step (``_arena_releases``)
         tight = plan.disk_bytes > 0 or plan.peak_bytes > TIGHT_FRACTION * plan.budget
         if tight:
             bound_heap()   # freed tile temporaries leave the process (util.heap: 1632 vs 743 MiB measured)
         self.pool.trim(0 if tight else plan.ram_bytes + 2 * plan.window_bytes)   # store + scratch buffers
-        store = TensorStore(plan.disk_bytes, pool=self.pool, adopt=not tight)
-        if hasattr(runner, "release_arena"):
-            runner.release_arena = tight
+        # a memory-bound run reuses buffers through a pool of its own (a concurrent run's trims cannot
+        # widen it), emptied when the run ends
+        pool = BufferPool(0) if tight else self.pool
+        store = TensorStore(plan.disk_bytes, pool=pool, adopt=not tight)
         stats: dict[str, NormStats] = {}
         done, total = 0, plan.tiles
         try:
@@ -299,6 +284,8 @@ class StreamingExecutor:
                 self._stats(name, array, stats)
             for i, p in enumerate(plan.steps):
                 s = p.step
+                if tight:
+                    pool.trim(p.store_room, store.ram_bytes)
                 for t in s["outputs"].values():
                     dtype = np.int64 if self.tensors[t]["dtype"] == "int64" else np.float32
                     store.create(t, self._shape(t, domains), dtype, plan.on_disk[t])
@@ -311,9 +298,13 @@ class StreamingExecutor:
                 if s["ratio"]:
                     feeds_const["ratio"] = ratios[s["ratio"]]
                 in_shape = store.shape(s["inputs"]["x"])
-                for (r0, r1, c0, c1) in p.grid:
-                    rw = window(r0, r1, in_shape[2], s["resample"], s["pre_halo"], s["post_halo"])
-                    cw = window(c0, c1, in_shape[3], s["resample"], s["pre_halo"], s["post_halo"])
+                wins = [(window(r0, r1, in_shape[2], s["resample"], s["pre_halo"], s["post_halo"]),
+                         window(c0, c1, in_shape[3], s["resample"], s["pre_halo"], s["post_halo"]))
+                        for (r0, r1, c0, c1) in p.grid]
+                release = _arena_releases(wins) if tight else [False] * len(wins)
+                for (r0, r1, c0, c1), (rw, cw), free_arena in zip(p.grid, wins, release):
+                    if hasattr(runner, "release_arena"):
+                        runner.release_arena = free_arena
                     feeds = dict(feeds_const)
                     for key, t in s["inputs"].items():
                         feeds[key] = store.read(t, rw.start, rw.stop, cw.start, cw.stop, scratch=key)
@@ -344,6 +335,8 @@ class StreamingExecutor:
             info.peak_disk_bytes = max(info.peak_disk_bytes, store.peak_disk_bytes)
             info.peak_store_bytes = max(info.peak_store_bytes, store.peak_ram_bytes)
             store.close()
+            if tight:
+                pool.clear()
 
     def _accumulate(self, stats: dict, t: str, key: str, out: dict, core: np.ndarray, crop: int, rows: int) -> None:
         """Add an output tile's core to tensor ``t``'s statistics: the graph's own row statistics when it

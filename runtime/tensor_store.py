@@ -12,6 +12,13 @@ RAM tensors reuse memory: a freed tensor's buffer goes to a ``BufferPool`` that 
 (nearly) its size takes, and tile windows are read into per-input scratch buffers, so a step does not
 fault in fresh pages for every tensor and tile. The pool holds only what keeps live + pooled within its
 cap (the plan's peak store RAM), so the store never holds more than the plan predicted.
+
+Files are reused the same way: a freed file is kept (not unlinked) for the next disk tensor, while live +
+kept files stay within the plan's temporary disk, so the kernel overwrites page-cache pages it already has
+instead of allocating fresh ones (measured on this kind of VM: 4 GiB into a new file 3.1–4.1 s, over the
+same file again 0.9–1.2 s; 36 GiB through three live 4 GiB files: 48–60 s unlinking each, 38 s reusing).
+File writes run on one background thread, one tile in flight: past the kernel's dirty-page limit a write
+waits for the disk, and the next tile's graph runs meanwhile; a read or free of that tensor waits for it.
 """
 from __future__ import annotations
 
@@ -20,6 +27,7 @@ import os
 import shutil
 import tempfile
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -32,6 +40,47 @@ TEMP_ENV = "QUANTART_TEMP_DIR"
 def temp_parent() -> str:
     """The directory the temporary store goes under: ``$QUANTART_TEMP_DIR`` or the system temp dir."""
     return os.environ.get(TEMP_ENV) or tempfile.gettempdir()
+
+
+PREFIX = "quantart-stream-"   # + owner pid + "-" + random: the store's temporary directory
+STALE_SECONDS = 6 * 3600      # a directory untouched this long whose owner process is gone is left over
+
+
+def sweep_stale(parent: str, now: float | None = None) -> list[str]:
+    """Remove stores left behind by killed processes (SIGKILL, an OOM kill: no ``finally`` ran): directories
+    ``quantart-stream-<pid>-*`` under ``parent`` whose pid is not a live process here and that nobody has
+    touched for ``STALE_SECONDS`` (a live run in another pid namespace changes its directory every step).
+    Returns the removed paths."""
+    import time
+
+    now = time.time() if now is None else now
+    removed = []
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return removed
+    for entry in entries:
+        pid = entry.name[len(PREFIX):].split("-", 1)[0]
+        if not entry.name.startswith(PREFIX) or not pid.isdigit() or _alive(int(pid)):
+            continue
+        try:
+            if not entry.is_dir(follow_symlinks=False) or now - entry.stat().st_mtime < STALE_SECONDS:
+                continue
+        except OSError:
+            continue
+        shutil.rmtree(entry.path, ignore_errors=True)
+        removed.append(entry.path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:          # exists, not ours to signal
+        return True
+    return True
 
 
 def disk_free(path: str) -> int:
@@ -97,6 +146,12 @@ class BufferPool:
             self._free.append(flat)
             self._trim(self.cap, live_bytes)
 
+    def fit(self, live_bytes: int) -> None:
+        """Drop buffers until ``live_bytes`` (grown by a fresh buffer) + pooled fit the cap again."""
+        with self._lock:
+            if self.cap is not None:
+                self._trim(self.cap, live_bytes)
+
     def trim(self, cap: int | None, live_bytes: int = 0) -> None:
         """Set the cap and drop buffers (smallest first) until ``live_bytes`` + pooled fit it."""
         with self._lock:
@@ -137,8 +192,12 @@ class TensorStore:
         self._held: dict[str, np.ndarray | None] = {}   # RAM tensor -> its poolable flat buffer (None: caller's)
         self._scratch: dict[str, np.ndarray] = {}
         self._files: dict[str, tuple[int, tuple, np.dtype]] = {}
+        self._paths: dict[int, str] = {}                 # open file descriptor -> its file
+        self._spare: list[tuple[int, int]] = []          # freed files kept for reuse: (fd, bytes)
         self.disk_bytes = self.peak_disk_bytes = 0
         self.ram_bytes = self.peak_ram_bytes = 0
+        self._writer: ThreadPoolExecutor | None = None
+        self._pending = None                             # (tensor, future): the one file write in flight
 
     # -- RAM buffers ----------------------------------------------------------------------------
     def _hold(self, name: str, array: np.ndarray, flat: np.ndarray | None) -> None:
@@ -147,6 +206,7 @@ class TensorStore:
         self._ram[name], self._held[name] = array, flat
         self.ram_bytes += self._nbytes(name)
         self.peak_ram_bytes = max(self.peak_ram_bytes, self.ram_bytes)
+        self.pool.fit(self.ram_bytes)     # live grew: pooled buffers beyond the cap go
 
     def _nbytes(self, name: str) -> int:
         """Bytes RAM tensor ``name`` holds: its whole buffer where the store owns one."""
@@ -179,7 +239,8 @@ class TensorStore:
             if free < self.disk_needed:
                 raise ImageTooLarge(f"streaming needs {self.disk_needed / 2**30:.2f} GiB of temporary disk in "
                                     f"{self.parent}, {free / 2**30:.2f} GiB free (set {TEMP_ENV})")
-            self.dir = tempfile.mkdtemp(prefix="quantart-stream-", dir=self.parent)
+            sweep_stale(self.parent)
+            self.dir = tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=self.parent)
         return self.dir
 
     # -- tensors --------------------------------------------------------------------------------
@@ -191,12 +252,40 @@ class TensorStore:
             buf = self.pool.take(nbytes)
             self._hold(name, buf[:nbytes].view(dtype).reshape(shape), buf)
             return
-        path = os.path.join(self._open_dir(), name.replace("/", "_"))
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = self._spare_file(nbytes)
+        if fd is None:
+            path = os.path.join(self._open_dir(), name.replace("/", "_"))
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            self._paths[fd] = path
         os.ftruncate(fd, nbytes)
         self._files[name] = (fd, tuple(shape), dtype)
         self.disk_bytes += nbytes
-        self.peak_disk_bytes = max(self.peak_disk_bytes, self.disk_bytes)
+        self.peak_disk_bytes = max(self.peak_disk_bytes, self.disk_bytes + self.spare_bytes)
+
+    @property
+    def spare_bytes(self) -> int:
+        """Bytes of the freed files kept for reuse."""
+        return sum(n for _, n in self._spare)
+
+    def _spare_file(self, nbytes: int) -> int | None:
+        """A kept file for a new tensor of ``nbytes`` (the closest in size), or None; kept files that would
+        take the disk past ``disk_needed`` with the new one go first."""
+        if not self._spare:
+            return None
+        best = min(range(len(self._spare)), key=lambda i: (abs(self._spare[i][1] - nbytes), i))
+        fd, _ = self._spare.pop(best)
+        self._trim_spare(self.disk_needed - self.disk_bytes - nbytes)
+        return fd
+
+    def _trim_spare(self, room: int) -> None:
+        """Delete kept files (smallest first) until they take at most ``room`` bytes."""
+        self._spare.sort(key=lambda f: f[1])
+        while self._spare and self.spare_bytes > max(room, 0):
+            self._unlink(self._spare.pop(0)[0])
+
+    def _unlink(self, fd: int) -> None:
+        os.close(fd)
+        os.unlink(self._paths.pop(fd))
 
     def put(self, name: str, array: np.ndarray, on_disk: bool = False) -> None:
         """Store a whole tensor."""
@@ -221,6 +310,7 @@ class TensorStore:
             out = self.scratch(scratch, window.shape, window.dtype) if scratch else np.empty_like(window)
             np.copyto(out, window)
             return out
+        self.wait(name)
         fd, (_, c, h, w), dtype = self._files[name]
         shape = (1, c, r1 - r0, c1 - c0)
         out = self.scratch(scratch, shape, dtype) if scratch else np.empty(shape, dtype)
@@ -250,29 +340,62 @@ class TensorStore:
                 return
             held[:, :, r0:r0 + tile.shape[2], c0:c0 + tile.shape[3]] = tile
             return
-        fd, (_, c, h, w), dtype = self._files[name]
+        # files: written by one background thread while the next tile computes (a page-cache write past
+        # the kernel's dirty limit waits for the disk); one write in flight at most, its tile the previous
+        # graph output, which the caller holds until the next graph call anyway
+        self.wait()
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="quantart-store")
+        self._pending = (name, self._writer.submit(self._write_file, self._files[name], r0, c0, tile))
+
+    @staticmethod
+    def _write_file(entry: tuple, r0: int, c0: int, tile: np.ndarray) -> None:
+        fd, (_, c, h, w), dtype = entry
         r1, c1 = r0 + tile.shape[2], c0 + tile.shape[3]
         for index, offset in _spans(c, h, w, r0, r1, c0, c1, dtype.itemsize):
-            os.pwrite(fd, memoryview(np.ascontiguousarray(tile[index])).cast("B"), offset)
+            view = memoryview(np.ascontiguousarray(tile[index])).cast("B")
+            if os.pwrite(fd, view, offset) != view.nbytes:
+                raise OSError("short write to the streaming store (disk full?)")
+
+    def wait(self, name: str | None = None) -> None:
+        """Finish the file write in flight (only when it is to tensor ``name``, if given); its error
+        raises here."""
+        if self._pending is not None and (name is None or self._pending[0] == name):
+            future, self._pending = self._pending[1], None
+            future.result()
 
     def free(self, name: str) -> None:
-        """Drop tensor ``name`` (its buffer to the pool, its file deleted at once)."""
+        """Drop tensor ``name`` (its buffer to the pool, its file kept for the next disk tensor while the
+        plan's disk holds it, else deleted at once)."""
         if name in self._ram:
             self._drop(name)
         elif name in self._files:
+            self.wait(name)
             fd, shape, dtype = self._files.pop(name)
-            os.close(fd)
-            os.unlink(os.path.join(self.dir, name.replace("/", "_")))
-            self.disk_bytes -= int(np.prod(shape)) * dtype.itemsize
+            nbytes = int(np.prod(shape)) * dtype.itemsize
+            self.disk_bytes -= nbytes
+            self._spare.append((fd, nbytes))          # kept for the next disk tensor, within disk_needed
+            self._trim_spare(self.disk_needed - self.disk_bytes)
 
     def close(self) -> None:
         """Free everything (RAM tensors' own buffers back to the pool) and remove the temporary directory
-        (idempotent)."""
-        for name in list(self._files):
+        (idempotent; a write still in flight is finished first, its error dropped: nothing reads it)."""
+        if self._pending is not None:
             try:
-                os.close(self._files.pop(name)[0])
+                self.wait()
             except OSError:
                 pass
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
+            self._writer = None
+        fds = [self._files.pop(name)[0] for name in list(self._files)] + [fd for fd, _ in self._spare]
+        self._spare.clear()
+        for fd in fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._paths.clear()
         for name in list(self._ram):
             self._drop(name)
         for buf in self._scratch.values():

@@ -177,3 +177,157 @@ def test_disk_store_bands_and_column_windows_round_trip(tmp_path):
     assert any(tmp_path.iterdir())
     store.close()
     assert not any(tmp_path.iterdir())
+
+
+def test_freed_files_are_reused_within_the_plans_disk(tmp_path):
+    """A freed disk tensor's file serves the next one (no fresh page-cache pages), contents are the new
+    tensor's, live + kept files never exceed the plan's disk, and close removes them all."""
+    rng = np.random.default_rng(12)
+    shape = (1, 4, 16, 16)
+    nbytes = int(np.prod(shape)) * 4
+    store = TensorStore(2 * nbytes, parent=str(tmp_path))
+    a, b, c = (rng.standard_normal(shape).astype(np.float32) for _ in range(3))
+    store.put("a", a, on_disk=True)
+    store.put("b", b, on_disk=True)
+    files = sorted(p.name for p in Path(store.dir).iterdir())
+    store.free("a")
+    assert store.spare_bytes == nbytes and len(list(Path(store.dir).iterdir())) == 2   # kept, not deleted
+    store.create("c", (1, 4, 8, 16), np.float32, True)          # a smaller tensor in the kept file
+    store.write("c", 0, 0, c[:, :, :8])
+    assert sorted(p.name for p in Path(store.dir).iterdir()) == files and store.spare_bytes == 0
+    assert np.array_equal(store.whole("c"), c[:, :, :8]) and np.array_equal(store.whole("b"), b)
+    assert (Path(store.dir) / "a").stat().st_size == nbytes // 2  # truncated to the new tensor
+    store.free("b")
+    store.free("c")
+    assert store.disk_bytes == 0 and store.disk_bytes + store.spare_bytes <= 2 * nbytes
+    assert store.peak_disk_bytes <= 2 * nbytes
+    store.close()
+    assert not any(tmp_path.iterdir())
+
+
+def test_kept_files_give_way_to_the_plans_disk(tmp_path):
+    """Kept files go (smallest first) when a new tensor would take live + kept past ``disk_needed``."""
+    rng = np.random.default_rng(13)
+    small, big = (1, 2, 8, 8), (1, 2, 16, 16)
+    store = TensorStore(4 * 2 * 16 * 16 + 4 * 2 * 8 * 8, parent=str(tmp_path))
+    store.put("s", rng.standard_normal(small).astype(np.float32), on_disk=True)
+    store.free("s")
+    store.put("x", rng.standard_normal(big).astype(np.float32), on_disk=True)    # reuses s's file
+    store.put("y", rng.standard_normal(small).astype(np.float32), on_disk=True)
+    store.free("x")
+    store.free("y")
+    assert store.spare_bytes <= store.disk_needed
+    big_tensor = rng.standard_normal((1, 2, 20, 20)).astype(np.float32)          # needs a kept file gone
+    store.put("z", big_tensor, on_disk=True)
+    assert store.disk_bytes + store.spare_bytes <= store.disk_needed + big_tensor.nbytes - 4 * 2 * 16 * 16
+    assert np.array_equal(store.whole("z"), big_tensor)
+    assert len(list(Path(store.dir).iterdir())) == 1 + len(store._spare)
+    store.close()
+    assert not any(tmp_path.iterdir())
+
+
+def test_arena_is_released_only_before_a_larger_tile_and_after_the_last():
+    from quantart_runtime.streaming import _arena_releases
+
+    def wins(*sizes):
+        return [(range(0, h), range(0, w)) for h, w in sizes]
+
+    # a step's bands: the top one (halo below only) smaller, the middle ones equal, the last smaller
+    assert _arena_releases(wins((18, 64), (20, 64), (20, 64), (20, 64), (18, 64))) == [True, False, False, False, True]
+    assert _arena_releases(wins((20, 64), (21, 64), (20, 64))) == [True, False, True]    # ragged rows
+    assert _arena_releases(wins((20, 30), (20, 32), (20, 30))) == [True, False, True]    # wider column tile
+    assert _arena_releases(wins((8, 8))) == [True]
+
+
+def test_memory_bound_runs_reuse_buffers_only_within_each_steps_room(stylizer, tmp_path, monkeypatch):
+    """A memory-bound run (intermediates on disk) reuses freed RAM buffers, but live + pooled never passes
+    the current step's room (the predicted peak less its tile's work), and nothing stays pooled after."""
+    from quantart_runtime import streaming, tensor_store
+    from quantart_runtime.tensor_store import TEMP_ENV
+
+    rng = np.random.default_rng(14)
+    code = stylizer.encode_style(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8), size=None)
+    img = rng.integers(0, 256, (60, 76, 3), dtype=np.uint8)
+    ref = stylizer.stylize(img, code, streaming="never")
+    monkeypatch.setenv(TEMP_ENV, str(tmp_path))
+    monkeypatch.setattr(streaming, "SMALL_TENSOR", 0)
+    ex = dispatch.executor(stylizer)
+    ex.ram_store_cap = 600_000                  # some tensors in RAM, the rest in files
+    seen, fresh = [], []
+    trim = BufferPool._trim
+
+    def checked(self, cap, live):
+        trim(self, cap, live)
+        seen.append((cap, live, sum(b.nbytes for b in self._free)))
+
+    monkeypatch.setattr(BufferPool, "_trim", checked)
+    make = tensor_store.fresh_buffer
+    monkeypatch.setattr(tensor_store, "fresh_buffer", lambda n: (fresh.append(n), make(n))[1])
+    creates = []
+    create = TensorStore.create
+    monkeypatch.setattr(TensorStore, "create", lambda self, n, shape, dt, disk: (creates.append(disk),
+                                                                               create(self, n, shape, dt, disk))[1])
+    try:
+        out, info = dispatch.stylize_one(stylizer, img, code, 1.0, 1.0, tile=11)
+    finally:
+        ex.ram_store_cap = None
+    assert info.peak_disk_bytes > 0 and any(creates) and not all(creates)   # memory-bound, RAM and disk
+    held = [(cap, live, pooled) for cap, live, pooled in seen if cap is not None and pooled]
+    assert held, "freed buffers were kept for reuse"
+    assert all(live + pooled <= cap <= info.predicted_peak_bytes for cap, live, pooled in held)
+    assert len(fresh) < creates.count(False)                                # some RAM tensors reused a buffer
+    assert ex.pool.held_bytes == 0 and list(tmp_path.iterdir()) == []
+    d = np.abs(out.astype(int) - ref.astype(int))
+    assert np.mean(d <= 1) >= 0.999 and d.max() <= 2
+
+
+def test_a_failed_background_write_raises_where_the_tensor_is_read(tmp_path, monkeypatch):
+    """File writes run on the store's writer thread: a short write (disk full) raises at the next read of
+    that tensor, not silently; close still removes the directory."""
+    from quantart_runtime import tensor_store
+
+    rng = np.random.default_rng(15)
+    x = rng.standard_normal((1, 3, 8, 8)).astype(np.float32)
+    store = TensorStore(1 << 20, parent=str(tmp_path))
+    store.put("ok", x, on_disk=True)
+    assert np.array_equal(store.whole("ok"), x)                  # a read waits for its write
+    monkeypatch.setattr(tensor_store.os, "pwrite", lambda fd, data, offset: 0)
+    store.put("full", x, on_disk=True)
+    try:
+        store.whole("full")
+    except OSError as e:
+        assert "short write" in str(e)
+    else:
+        raise AssertionError("the failed write went unnoticed")
+    store.put("again", x, on_disk=True)                          # in flight at close: finished, dropped
+    store.close()
+    assert not any(tmp_path.iterdir())
+
+
+def test_stores_left_by_killed_processes_are_swept(tmp_path):
+    """A SIGKILLed run leaves its directory: the next store removes it once its pid is gone and nobody has
+    touched it for STALE_SECONDS; a live owner's, a recent one's and other directories stay."""
+    import os
+    import subprocess
+    import sys
+
+    from quantart_runtime import tensor_store
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    stale = tmp_path / f"{tensor_store.PREFIX}{dead}-abc"
+    recent = tmp_path / f"{tensor_store.PREFIX}{dead}-def"
+    mine = tmp_path / f"{tensor_store.PREFIX}{os.getpid()}-ghi"
+    other = tmp_path / "quantart-stream-notapid"
+    for d in (stale, recent, mine, other):
+        d.mkdir()
+        (d / "x").write_bytes(b"1" * 10)
+    long_ago = stale.stat().st_mtime - tensor_store.STALE_SECONDS - 10
+    for d in (stale, mine, other):
+        os.utime(d, (long_ago, long_ago))
+    store = TensorStore(1 << 20, parent=str(tmp_path))
+    store.put("x", np.zeros((1, 1, 4, 4), np.float32), on_disk=True)
+    left = {p.name for p in tmp_path.iterdir()}
+    assert stale.name not in left and {recent.name, mine.name, other.name} <= left
+    assert Path(store.dir).name.startswith(f"{tensor_store.PREFIX}{os.getpid()}-")
+    store.close()

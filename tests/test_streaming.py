@@ -217,3 +217,40 @@ def test_only_a_memory_bound_plan_bounds_the_heap(stylizer, style_code, tmp_path
     finally:
         ex.ram_store_cap = None
     assert bound.peak_disk_bytes > 0 and calls
+
+
+def test_tensorrt_segment_profile_tiles_and_keys(model_dir):
+    """The TensorRT streaming plan, computed on CPU (no TensorRT here; the engines are not built): segment
+    engines take batch 1, tile windows within max_res and the attention keys of a whole image up to
+    max_key_res; a plan's tiles and keys fit that profile, and keys beyond it are refused in one line."""
+    from types import SimpleNamespace
+
+    from quantart_runtime.backends.trt_engine import profile_shapes
+    from quantart_runtime.tiling import window
+
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    stride = int(manifest["streaming"]["latent_stride"])
+    trt = SimpleNamespace(name="tensorrt", model_dir=model_dir, options={"max_res": 256}, device=0)
+    ex = streaming_mod.StreamingExecutor(trt, manifest)
+    prof = ex.segment_profile()
+    assert prof == {"max_res": 256, "max_batch": 1, "max_key_res": streaming_mod.KEY_RES}
+    entries = manifest["streaming"]["graphs"]["fp32"]
+    attn = next(e for e in entries.values() if any(i["name"] == "k" for i in e["inputs"]))
+    shapes = profile_shapes(manifest, attn, prof)
+    assert shapes["x"][2][0] == 1 and shapes["x"][2][2:] == [256 // stride] * 2
+    assert shapes["k"][2][2:] == [streaming_mod.KEY_RES // stride] * 2 and shapes["k"][0][2:] == [1, 1]
+    assert shapes["mean"][2] == attn["inputs"][1]["shape"]                  # fixed axes stay
+
+    h, w = 600, 800
+    plan = streaming_mod.streaming_peak(ex, h, w, (64, 64), 1 << 34)
+    cap, domain = ex.window_cap(), {"content": (h, w)}
+    for p in plan.steps:
+        in_shape = ex._shape(p.step["inputs"]["x"], {**domain, "style": (64, 64)})
+        for r0, r1, c0, c1 in p.grid:
+            rw = window(r0, r1, in_shape[2], p.step["resample"], p.step["pre_halo"], p.step["post_halo"])
+            cw = window(c0, c1, in_shape[3], p.step["resample"], p.step["pre_halo"], p.step["post_halo"])
+            assert max(rw.stop - rw.start, cw.stop - cw.start) <= cap, p.step["graph"]
+    small = SimpleNamespace(name="tensorrt", model_dir=model_dir, options={"max_res": 256, "max_key_res": 256},
+                            device=0)
+    with pytest.raises(ImageTooLarge, match="max_key_res"):
+        streaming_mod.streaming_peak(streaming_mod.StreamingExecutor(small, manifest), h, w, (64, 64), 1 << 34)

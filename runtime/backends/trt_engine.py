@@ -28,7 +28,7 @@ from ..manifest import verified_digests
 from ..util.digest import sha256_bytes, sha256_file
 
 MIN_TENSORRT = (10, 12)
-PROFILE_KEYS = ("min_res", "opt_res", "max_res", "max_batch", "opt_batch")
+PROFILE_KEYS = ("min_res", "opt_res", "max_res", "max_batch", "opt_batch", "max_key_res")
 DEFAULT_WORKSPACE_GB = 4.0
 BUILDER_FLAGS = ("STRONGLY_TYPED", "no-TF32", "user-managed-context-memory")
 
@@ -61,13 +61,16 @@ def profile_shapes(manifest: dict, entry: dict, overrides: dict | None = None) -
 
     Sizes come from the manifest's ``profile`` (min/opt/max_res in pixels, max_batch, opt_batch),
     overridden by ``overrides`` (same keys, None ignored). The batch axis is axis 0; an input named
-    ``image`` is in pixels, every other symbolic axis is a latent axis (pixels / latent_stride).
+    ``image`` is in pixels, every other symbolic axis is a latent axis (pixels / latent_stride); the key
+    axes ``kh`` / ``kw`` of the streaming attention graphs (all of an image's keys against a tile of queries)
+    reach ``max_key_res`` pixels where it is larger than ``max_res``.
     """
     prof = {**(manifest.get("profile") or {}),
             **{k: v for k, v in (overrides or {}).items() if k in PROFILE_KEYS and v is not None}}
     stride = int(manifest.get("latent_stride", 16))
     res = [int(prof.get("min_res", stride)), int(prof.get("opt_res", 256)), int(prof.get("max_res", 1024))]
     batch = [1, int(prof.get("opt_batch", 1)), int(prof.get("max_batch", 32))]
+    keys = res[:2] + [max(res[2], int(prof.get("max_key_res") or 0))]
     shapes = {}
     for inp in entry["inputs"]:
         scale = 1 if inp["name"] == "image" else stride
@@ -80,7 +83,8 @@ def profile_shapes(manifest: dict, entry: dict, overrides: dict | None = None) -
                 elif axis == 0:
                     shape.append(batch[level])
                 else:
-                    shape.append(max(1, res[level] // scale))
+                    side = keys[level] if dim in ("kh", "kw") else res[level]
+                    shape.append(max(1, side // scale))
             triple.append(shape)
         shapes[inp["name"]] = triple
     return shapes
