@@ -7,9 +7,9 @@ One streamed stylization (ONNX Runtime CPU, 256² style, ``streaming="always"``)
 call, ``TensorStore.read`` / ``write`` / ``create`` / ``free`` and the statistics timed, and its peak RSS
 above the loaded model (VmHWM); ``--base`` first times the untiled 1024² run (warmed once) in the same
 process, the base of the FLOP extrapolation
-(``quantart_benchmarks.streaming``); ``--no-pool`` keeps the executor from reusing freed store buffers
-for later tensors in any plan (memory-bound plans reuse them within each step's room of the predicted peak),
-for side-by-side comparisons.
+(``quantart_benchmarks.streaming``); ``--no-pool`` keeps every store from reusing freed buffers for later
+tensors (by default memory-bound plans reuse them within each step's room of the predicted peak, others up
+to the plan's store RAM), for side-by-side comparisons.
 """
 from __future__ import annotations
 
@@ -55,9 +55,8 @@ def profile(model: str, height: int, width: int, budget: str | None, base: bool,
         st.stylize(img, code, streaming="never")
         untiled = time.perf_counter() - t0
     ex = stream_dispatch.executor(st)
-    if not pool:
-        trim = ex.pool.trim
-        ex.pool.trim = lambda cap, live=0: trim(0, live)
+    if not pool:   # every pool, the executor's and a memory-bound run's own: a freed buffer is never kept
+        tensor_store.BufferPool.give = lambda self, flat, live_bytes: None
     runner = ex.runner()
     ops = {s["graph"]: s["op"] + ("(whole keys)" if s["whole"] else "")
            for chain in ex.section["chains"].values() for s in chain["steps"]}

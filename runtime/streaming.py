@@ -276,6 +276,7 @@ class StreamingExecutor:
         # widen it), emptied when the run ends
         pool = BufferPool(0) if tight else self.pool
         store = TensorStore(plan.disk_bytes, pool=pool, adopt=not tight)
+        has_arena = hasattr(runner, "release_arena")   # ONNX Runtime: hand the arena back between tiles
         stats: dict[str, NormStats] = {}
         done, total = 0, plan.tiles
         try:
@@ -303,7 +304,7 @@ class StreamingExecutor:
                         for (r0, r1, c0, c1) in p.grid]
                 release = _arena_releases(wins) if tight else [False] * len(wins)
                 for (r0, r1, c0, c1), (rw, cw), free_arena in zip(p.grid, wins, release):
-                    if hasattr(runner, "release_arena"):
+                    if has_arena:
                         runner.release_arena = free_arena
                     feeds = dict(feeds_const)
                     for key, t in s["inputs"].items():

@@ -27,6 +27,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -46,14 +47,12 @@ PREFIX = "quantart-stream-"   # + owner pid + "-" + random: the store's temporar
 STALE_SECONDS = 6 * 3600      # a directory untouched this long whose owner process is gone is left over
 
 
-def sweep_stale(parent: str, now: float | None = None) -> list[str]:
+def sweep_stale(parent: str) -> list[str]:
     """Remove stores left behind by killed processes (SIGKILL, an OOM kill: no ``finally`` ran): directories
     ``quantart-stream-<pid>-*`` under ``parent`` whose pid is not a live process here and that nobody has
     touched for ``STALE_SECONDS`` (a live run in another pid namespace changes its directory every step).
     Returns the removed paths."""
-    import time
-
-    now = time.time() if now is None else now
+    now = time.time()
     removed = []
     try:
         entries = list(os.scandir(parent))
@@ -280,8 +279,11 @@ class TensorStore:
     def _trim_spare(self, room: int) -> None:
         """Delete kept files (smallest first) until they take at most ``room`` bytes."""
         self._spare.sort(key=lambda f: f[1])
-        while self._spare and self.spare_bytes > max(room, 0):
-            self._unlink(self._spare.pop(0)[0])
+        kept = self.spare_bytes
+        while self._spare and kept > max(room, 0):
+            fd, nbytes = self._spare.pop(0)
+            kept -= nbytes
+            self._unlink(fd)
 
     def _unlink(self, fd: int) -> None:
         os.close(fd)
